@@ -1,0 +1,49 @@
+"""lintwin: do two neural networks extract the same information? Affine maps between features.
+
+Fit ``M_{A→B}`` so that ``M [F_A(x); 1] ≈ F_B(x)`` (McNeely-White, Beveridge & Draper,
+2020), in closed form from streamed moments or with the paper's Adam, on NumPy or CuPy.
+"""
+
+from .affine import AffineMap
+from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
+from .api import accumulate_arrays, accumulate_store, evaluate, evaluate_store, fit, fit_store, maps_from_moments
+from .metrics import FitMetrics, paper_loss, row_cosine
+from .moments import Moments
+from .solvers import AdamOptions, RankWarning
+from .store import FeatureStore
+
+__all__ = [
+    "AdamOptions",
+    "AffineMap",
+    "AffineMapRegressor",
+    "FeatureStore",
+    "FitMetrics",
+    "LintwinError",
+    "MapFileError",
+    "ModelError",
+    "Moments",
+    "NonFiniteError",
+    "RankWarning",
+    "ShapeError",
+    "StoreError",
+    "accumulate_arrays",
+    "accumulate_store",
+    "evaluate",
+    "evaluate_store",
+    "fit",
+    "fit_store",
+    "maps_from_moments",
+    "paper_loss",
+    "row_cosine",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimator is imported on first use, so scikit-learn stays optional.
+    if name == "AffineMapRegressor":
+        from .estimator import AffineMapRegressor
+
+        return AffineMapRegressor
+    raise AttributeError(f"module 'lintwin' has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""The ``lintwin`` command line: thin Typer commands over the library API."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import api
+from ._gpu import resolve_device
+from .errors import LintwinError
+from .importer import import_features
+from .report import metrics_table, plot_loss_curve
+from .solvers import AdamOptions, RankWarning
+from .store import FeatureStore
+from .synthetic import write_synthetic_store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Do two neural networks extract the same information? Fit and score affine "
+                       "maps between their features.")
+
+
+class Method(StrEnum):
+    lstsq = "lstsq"
+    adam = "adam"
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class PrecisionChoice(StrEnum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class InitChoice(StrEnum):
+    random = "random"
+    lstsq = "lstsq"
+
+
+@contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit 1; show solver warnings as notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RankWarning)
+        try:
+            yield
+        except LintwinError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            for w in caught:
+                if issubclass(w.category, RankWarning):
+                    typer.echo(f"Warning: {w.message}", err=True)
+
+
+def _echo(text: str) -> None:
+    typer.echo(text)
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help=".npy or .npz file of features (rows x dim)")],
+    store: Annotated[Path, typer.Option("--store", help="feature store (created if missing)")],
+    name: Annotated[str, typer.Option("--name", help="network name, e.g. resnet152")],
+    split: Annotated[str, typer.Option(help="split name")] = "train",
+    key: Annotated[Optional[str], typer.Option(help="array name inside an .npz file")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help=".npy/.npz file of integer labels")] = None,
+    labels_key: Annotated[Optional[str], typer.Option(help="labels array name inside an .npz file")] = None,
+    chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="rows per zarr chunk")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing features of this network")] = False,
+) -> None:
+    """Import features computed elsewhere into a feature store."""
+    with _cli_errors():
+        s = import_features(store, file, name=name, split=split, key=key, labels=labels,
+                            labels_key=labels_key, chunk_rows=chunk_rows, overwrite=overwrite)
+        info = s.info(split, name)
+        _echo(f"imported {info['rows']} x {info['dim']} features of {name} into {store} [{split}]")
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="feature store")]) -> None:
+    """List the splits, networks, shapes and completeness of a feature store."""
+    with _cli_errors():
+        s = FeatureStore.open(store)
+        for split in s.splits():
+            labels = s.labels(split)
+            _echo(f"{split}: {s.rows(split)} rows" + (f", labels for {len(set(labels.tolist()))} classes"
+                                                      if labels is not None else ""))
+            for net in s.networks(split):
+                i = s.info(split, net)
+                state = "complete" if i["rows_written"] == i["rows"] else f"INCOMPLETE {i['rows_written']}/{i['rows']}"
+                _echo(f"  {net}: dim {i['dim']}, chunk {i['chunk_rows']} rows, {state}")
+
+
+@app.command()
+def synth(
+    store: Annotated[Path, typer.Argument(help="feature store to write")],
+    train: Annotated[int, typer.Option(min=1, help="training rows")] = 20000,
+    val: Annotated[int, typer.Option(min=0, help="held-out rows")] = 5000,
+    dim_a: Annotated[int, typer.Option(min=1)] = 512,
+    dim_b: Annotated[int, typer.Option(min=1)] = 384,
+    names: Annotated[tuple[str, str], typer.Option(help="the two network names")] = ("A", "B"),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a store of realistic synthetic paired features (non-negative, correlated)."""
+    with _cli_errors():
+        write_synthetic_store(store, train=train, val=val, dim_a=dim_a, dim_b=dim_b, names=names, seed=seed)
+        _echo(f"wrote {train} train + {val} val rows of {names[0]} ({dim_a}) and {names[1]} ({dim_b}) to {store}")
+
+
+def _map_paths(out: Path, names: list[tuple[str, str]]) -> list[Path]:
+    if len(names) == 1 and out.suffix == ".npz":
+        return [out]
+    if out.suffix == ".npz":
+        raise LintwinError("--both writes two maps: give --out a directory, not a .npz file")
+    return [out / f"{s}_to_{d}.npz" for s, d in names]
+
+
+@app.command()
+def solve(
+    store: Annotated[Path, typer.Argument(help="feature store")],
+    src: Annotated[str, typer.Option("--src", help="source network")],
+    dst: Annotated[str, typer.Option("--dst", help="target network")],
+    method: Annotated[Method, typer.Option(help="closed form or the paper's Adam")] = Method.lstsq,
+    ridge: Annotated[float, typer.Option(min=0.0, help="ridge penalty λ on the weights")] = 0.0,
+    precision: Annotated[PrecisionChoice, typer.Option(help="float32 products summed in float64, or all float64")] = PrecisionChoice.float32,
+    device: Annotated[DeviceChoice, typer.Option(help="auto uses the GPU when CuPy sees one")] = DeviceChoice.auto,
+    both: Annotated[bool, typer.Option("--both", help="also fit dst→src from the same pass")] = False,
+    split: Annotated[str, typer.Option(help="split to fit on")] = "train",
+    eval_split: Annotated[Optional[str], typer.Option(help="held-out split (default: val if present)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="map .npz file, or a directory with --both")] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 0.1,
+    decay: Annotated[float, typer.Option(help="Adam lr decay per iteration")] = 1e-5,
+    batch: Annotated[int, typer.Option(min=1, help="Adam batch rows")] = 2048,
+    iterations: Annotated[int, typer.Option(min=1, help="Adam iterations")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Adam seed")] = 0,
+    init: Annotated[InitChoice, typer.Option(help="Adam start: random or the closed-form map")] = InitChoice.random,
+    block_rows: Annotated[Optional[int], typer.Option(min=1, help="rows per streamed block")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Fit the affine map src→dst on a store split and report how well it maps."""
+    with _cli_errors():
+        s = FeatureStore.open(store)
+        t0 = time.perf_counter()
+        adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
+        maps = api.fit_store(s, src, dst, split=split, method=method.value, ridge=ridge, precision=precision.value,
+                             device=device.value, both=both, adam=adam, init=init.value, block_rows=block_rows,
+                             progress=not quiet)
+        fit_seconds = time.perf_counter() - t0
+        if eval_split is None and "val" in s.splits() and split != "val":
+            eval_split = "val"
+        splits = [split] + ([eval_split] if eval_split else [])
+        results = []
+        for mp in maps:
+            for sp in splits:
+                metrics = api.evaluate_store(mp, s, sp, device=device.value, progress=not quiet)
+                mp.stats[f"{sp}_metrics"] = metrics
+                results.append((mp.name, sp, metrics))
+        _echo(metrics_table(results))
+        for mp in maps:
+            solver = mp.stats.get("solver")
+            detail = f"solver {solver}, rank {mp.stats.get('rank')}" if solver else f"final batch loss {mp.stats['final_loss']:.4f}"
+            _echo(f"{mp.name}: {mp.method}, {mp.n_train} training rows, {detail}")
+        _echo(f"fit time {fit_seconds:.2f} s (method {method.value}, device {resolve_device(device.value)})")
+        if out is not None:
+            for mp, path in zip(maps, _map_paths(out, [(m.src, m.dst) for m in maps])):
+                mp.save(path)
+                _echo(f"wrote {path}")
+                if mp.loss_curve is not None:
+                    png = plot_loss_curve({mp.name: mp.loss_curve}, path.with_suffix(".loss.png"))
+                    _echo(f"wrote {png}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

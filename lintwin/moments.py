@@ -1,0 +1,187 @@
+"""Streaming joint moments of two feature sets: the only pass the closed-form solver needs.
+
+For rows z = [a, b] the accumulator keeps the row count, the float64 mean of z and the
+float64 centred co-moment matrix ``C = sum_i (z_i - mean)(z_i - mean)^T``. Each chunk is
+shifted by its own (float32-rounded) mean before the big product, so a float32 GEMM/SYRK
+sees small, centred numbers and its result is corrected exactly in float64; chunks are
+combined with the pairwise (Chan et al.) update, which is also how :meth:`Moments.merge`
+joins the accumulators of shards or workers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._xp import from_numpy, namespace, to_numpy
+from .errors import LintwinError, NonFiniteError, ShapeError
+
+Precision = Literal["float32", "float64"]
+_FORMAT = "lintwin.moments/1"
+
+__all__ = ["Moments", "check_finite", "check_pair"]
+
+
+def check_pair(a: Any, b: Any, names: tuple[str, str] = ("A", "B")) -> None:
+    """Raise :class:`ShapeError` unless ``a`` and ``b`` are 2-D with the same row count."""
+    for x, name in zip((a, b), names):
+        if x.ndim != 2:
+            raise ShapeError(f"features of {name} must be 2-D (rows x dim), got shape {tuple(x.shape)}")
+    if a.shape[0] != b.shape[0]:
+        raise ShapeError(
+            f"row counts differ: {names[0]} has {a.shape[0]} rows, {names[1]} has {b.shape[0]}; "
+            "features must be paired row by row"
+        )
+
+
+def check_finite(x: Any, name: str, row_offset: int = 0, xp: Any = None) -> None:
+    """Raise :class:`NonFiniteError` naming the first offending rows if ``x`` holds NaN or Inf."""
+    xp = xp or namespace(x)
+    ok = xp.isfinite(x)
+    if bool(xp.all(ok)):
+        return
+    bad_rows = np.nonzero(~np.all(to_numpy(ok), axis=1))[0] + row_offset
+    shown = ", ".join(str(int(r)) for r in bad_rows[:5])
+    more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
+    raise NonFiniteError(
+        f"NaN or Inf in features of {name}: {len(bad_rows)} row(s), at row {shown}{more} "
+        f"(rows {row_offset}..{row_offset + x.shape[0] - 1} of this chunk)"
+    )
+
+
+@dataclass
+class Moments:
+    """Joint first and second moments of paired features ``a`` (dim_a) and ``b`` (dim_b).
+
+    ``precision="float32"`` multiplies shifted float32 blocks and sums in float64;
+    ``"float64"`` does every product in float64. The arrays live in the namespace and on
+    the device of the first chunk (NumPy, CuPy, ...).
+    """
+
+    dim_a: int
+    dim_b: int
+    names: tuple[str, str] = ("A", "B")
+    precision: Precision = "float32"
+    n: int = 0
+    mean: Any = None
+    comoment: Any = None
+    _xp: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("float32", "float64"):
+            raise LintwinError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
+        self.names = tuple(self.names)  # type: ignore[assignment]
+
+    @property
+    def dim(self) -> int:
+        return self.dim_a + self.dim_b
+
+    # -- accumulation ---------------------------------------------------------------
+    def update(self, a: Any, b: Any, *, row_offset: int = 0, check: bool = True) -> "Moments":
+        """Add a chunk of paired rows. ``row_offset`` only improves error messages."""
+        check_pair(a, b, self.names)
+        for x, d, name in ((a, self.dim_a, self.names[0]), (b, self.dim_b, self.names[1])):
+            if x.shape[1] != d:
+                raise ShapeError(f"features of {name} have {x.shape[1]} columns, expected {d}")
+        if a.shape[0] == 0:
+            return self
+        xp = namespace(a, b)
+        if check:
+            check_finite(a, self.names[0], row_offset, xp)
+            check_finite(b, self.names[1], row_offset, xp)
+        n_c, mean_c, com_c = _chunk_moments(a, b, self.precision, xp)
+        self._combine(n_c, mean_c, com_c, xp)
+        return self
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Fold another accumulator (another shard, fold or worker) into this one."""
+        if (other.dim_a, other.dim_b) != (self.dim_a, self.dim_b):
+            raise ShapeError(
+                f"cannot merge moments of dims {other.dim_a}+{other.dim_b} into {self.dim_a}+{self.dim_b}"
+            )
+        if other.n == 0:
+            return self
+        mean, com = other.mean, other.comoment
+        if self._xp is not None and namespace(mean) is not self._xp:
+            mean, com = from_numpy(to_numpy(mean), self.mean), from_numpy(to_numpy(com), self.mean)
+        self._combine(other.n, mean, com, namespace(mean))
+        return self
+
+    def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any) -> None:
+        if self.n == 0:
+            self.n, self.mean, self.comoment, self._xp = n_c, mean_c, com_c, xp
+            return
+        n = self.n + n_c
+        delta = mean_c - self.mean
+        self.mean = self.mean + delta * (n_c / n)
+        outer = xp.reshape(delta, (-1, 1)) * xp.reshape(delta, (1, -1))
+        self.comoment = self.comoment + com_c + outer * (self.n * n_c / n)
+        self.n = n
+
+    # -- views ----------------------------------------------------------------------
+    def blocks(self) -> dict[str, Any]:
+        """Means and co-moment blocks: mean_a, mean_b, aa, ab, bb (float64 sums, not averages)."""
+        if self.n == 0:
+            raise LintwinError("no rows were accumulated: the training split is empty")
+        da = self.dim_a
+        C = self.comoment
+        return {
+            "mean_a": self.mean[:da],
+            "mean_b": self.mean[da:],
+            "aa": C[:da, :da],
+            "ab": C[:da, da:],
+            "bb": C[da:, da:],
+        }
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.npz`` (no pickle): arrays plus a JSON header."""
+        path = Path(path)
+        meta = {
+            "format": _FORMAT,
+            "dim_a": self.dim_a,
+            "dim_b": self.dim_b,
+            "names": list(self.names),
+            "precision": self.precision,
+            "n": self.n,
+        }
+        d = self.dim
+        mean = to_numpy(self.mean) if self.n else np.zeros(d)
+        com = to_numpy(self.comoment) if self.n else np.zeros((d, d))
+        with open(path, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)), mean=mean, comoment=com)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Moments":
+        try:
+            with np.load(Path(path), allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                mean, com = z["mean"], z["comoment"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise LintwinError(f"{path}: not a lintwin moments file ({exc})") from None
+        if meta.get("format") != _FORMAT:
+            raise LintwinError(f"{path}: not a lintwin moments file (format {meta.get('format')!r})")
+        m = cls(meta["dim_a"], meta["dim_b"], tuple(meta["names"]), meta["precision"])
+        if meta["n"]:
+            m.n, m.mean, m.comoment, m._xp = int(meta["n"]), mean, com, namespace(mean)
+        return m
+
+
+def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any]:
+    """Row count, float64 mean and float64 centred co-moment of one chunk of [a, b]."""
+    work = xp.float32 if precision == "float32" else xp.float64
+    z = xp.concat([xp.astype(a, work), xp.astype(b, work)], axis=1)
+    n_c = int(z.shape[0])
+    mean = xp.sum(z, axis=0, dtype=xp.float64) / n_c
+    shift = xp.astype(mean, work)
+    zs = z - shift
+    gram = xp.astype(xp.matrix_transpose(zs) @ zs, xp.float64)
+    # zs has mean e = mean - shift (float32 rounding); remove its contribution exactly.
+    e = mean - xp.astype(shift, xp.float64)
+    com = gram - (xp.reshape(e, (-1, 1)) * xp.reshape(e, (1, -1))) * n_c
+    return n_c, mean, com

@@ -1,0 +1,114 @@
+"""The paper's solver: Adam on the normalised-feature loss, with the gradient written out.
+
+Loss per row: E = ||u - v||² with u = p/||p||, v = y/||y||, p = W x + b. Since
+E = 2 - 2 u·v, its gradient is dE/dp = -2 (v - (u·v) u) / ||p||; the batch loss is the
+mean over rows, so dL/dW = G^T X / B and dL/db = sum(G) / B with G the stacked dE/dp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .._xp import from_numpy, namespace, to_numpy
+
+__all__ = ["AdamOptions", "fit_adam", "paper_loss_grad"]
+
+_TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class AdamOptions:
+    """The paper's settings are the defaults."""
+
+    lr: float = 0.1
+    decay: float = 1e-5  # lr_t = lr * (1 - decay) ** t
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    batch: int = 2048
+    iterations: int = 100_000
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paper_loss_grad(p: Any, y: Any) -> tuple[Any, Any]:
+    """Mean paper loss over rows of ``p`` against ``y`` and its gradient with respect to ``p``."""
+    xp = namespace(p, y)
+    tiny = xp.asarray(_TINY, dtype=p.dtype)
+    pn = xp.maximum(xp.sqrt(xp.sum(p * p, axis=1, keepdims=True)), tiny)
+    yn = xp.maximum(xp.sqrt(xp.sum(y * y, axis=1, keepdims=True)), tiny)
+    u, v = p / pn, y / yn
+    uv = xp.sum(u * v, axis=1, keepdims=True)
+    rows = p.shape[0]
+    loss = xp.mean(2.0 - 2.0 * uv)
+    grad = (-2.0 / rows) * (v - uv * u) / pn
+    return loss, grad
+
+
+BatchFn = Callable[[], tuple[Any, Any]]
+
+
+def fit_adam(
+    next_batch: BatchFn,
+    *,
+    src_dim: int,
+    dst_dim: int,
+    options: AdamOptions,
+    like: Any,
+    init: tuple[Any, Any] | None = None,
+    progress: bool = True,
+    desc: str = "adam",
+) -> tuple[Any, Any, np.ndarray]:
+    """Run Adam for ``options.iterations`` steps on batches from ``next_batch()``.
+
+    ``like`` is an array whose namespace, device and floating dtype the parameters take.
+    Starts from ``init = (weight, bias)`` or, without it, from a seeded Gaussian weight
+    with variance 1/src_dim and a zero bias. Returns ``(weight, bias, loss_curve)``, the
+    curve holding the batch loss before each step.
+    """
+    xp = namespace(like)
+    dtype = like.dtype
+    if init is None:
+        rng = np.random.default_rng(options.seed)
+        w0 = rng.standard_normal((dst_dim, src_dim)) / np.sqrt(src_dim)
+        W, b = from_numpy(w0, like), from_numpy(np.zeros(dst_dim), like)
+    else:
+        W, b = init
+        W, b = from_numpy(to_numpy(W), like), from_numpy(to_numpy(b), like)
+    W, b = xp.astype(W, dtype), xp.astype(b, dtype)
+    mW, vW = xp.zeros_like(W), xp.zeros_like(W)
+    mb, vb = xp.zeros_like(b), xp.zeros_like(b)
+    curve = xp.zeros((options.iterations,), dtype=xp.float64)
+    b1, b2 = options.beta1, options.beta2
+    bar = tqdm(range(options.iterations), desc=desc, disable=not progress, unit="it", mininterval=0.5)
+    for t in bar:
+        x, y = next_batch()
+        x, y = xp.astype(x, dtype), xp.astype(y, dtype)
+        p = x @ xp.matrix_transpose(W) + b
+        loss, g = paper_loss_grad(p, y)
+        curve[t] = xp.astype(loss, xp.float64)
+        gW = xp.matrix_transpose(g) @ x
+        gb = xp.sum(g, axis=0)
+        step = t + 1
+        lr = options.lr * (1.0 - options.decay) ** t
+        c1, c2 = 1.0 - options.beta1**step, 1.0 - options.beta2**step
+        W, mW, vW = _adam_step(W, gW, mW, vW, lr, c1, c2, options, xp)
+        b, mb, vb = _adam_step(b, gb, mb, vb, lr, c1, c2, options, xp)
+        if progress and t % 200 == 0:
+            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+    bar.close()
+    return W, b, to_numpy(curve)
+
+
+def _adam_step(P: Any, G: Any, M: Any, V: Any, lr: float, c1: float, c2: float, o: AdamOptions, xp: Any):
+    """One bias-corrected Adam update of parameter ``P`` with gradient ``G``."""
+    M = o.beta1 * M + (1.0 - o.beta1) * G
+    V = o.beta2 * V + (1.0 - o.beta2) * (G * G)
+    return P - lr * (M / c1) / (xp.sqrt(V / c2) + o.eps), M, V

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from lintwin import Moments, NonFiniteError, ShapeError, accumulate_arrays
+from lintwin._xp import to_numpy
+from conftest import to_xp
+
+
+def _direct(a, b):
+    z = np.hstack([a, b]).astype(np.float64)
+    mean = z.mean(axis=0)
+    zc = z - mean
+    return mean, zc.T @ zc
+
+
+@pytest.mark.parametrize("precision,tol", [("float32", 2e-6), ("float64", 1e-12)])
+def test_moments_match_direct_float64(xp, precision, tol):
+    rng = np.random.default_rng(0)
+    # Large common offset: the uncentred Gram would lose everything in float32.
+    a = (1000.0 + rng.standard_normal((3000, 40))).astype(np.float32)
+    b = (rng.random((3000, 30)) * 5).astype(np.float32)
+    m = accumulate_arrays(to_xp(xp, a), to_xp(xp, b), precision=precision, block_rows=700)
+    mean, com = _direct(a, b)
+    assert m.n == 3000
+    np.testing.assert_allclose(to_numpy(m.mean), mean, rtol=1e-12)
+    err = np.abs(to_numpy(m.comoment) - com).max() / np.abs(com).max()
+    assert err < tol
+
+
+def test_chunking_does_not_change_result(realistic):
+    """Any block size gives the float64 moments to float32 rounding (uneven last blocks included)."""
+    a, b = realistic["a"][:9000, :200], realistic["b"][:9000, :100]
+    mean, com = _direct(a, b)
+    scale = np.abs(com).max()
+    for rows in (7, 997, 4096, 9000):
+        m = accumulate_arrays(a, b, block_rows=rows)
+        assert m.n == 9000
+        np.testing.assert_allclose(m.mean, mean, rtol=1e-12)
+        assert np.abs(m.comoment - com).max() / scale < 5e-6
+
+
+def test_merge_equals_one_pass(realistic, tmp_path):
+    a, b = realistic["a"][:6000], realistic["b"][:6000]
+    whole = accumulate_arrays(a, b, precision="float64")
+    left = accumulate_arrays(a[:2500], b[:2500], precision="float64")
+    right = accumulate_arrays(a[2500:], b[2500:], precision="float64")
+    left.merge(right)
+    assert left.n == whole.n
+    np.testing.assert_allclose(left.mean, whole.mean, rtol=1e-13)
+    np.testing.assert_allclose(left.comoment, whole.comoment, rtol=1e-10, atol=1e-9 * np.abs(whole.comoment).max())
+    # Merging an empty accumulator changes nothing; saving and loading is exact.
+    left.merge(Moments(512, 384))
+    path = left.save(tmp_path / "m.npz")
+    back = Moments.load(path)
+    assert back.n == left.n and back.names == left.names and back.precision == "float64"
+    np.testing.assert_array_equal(back.comoment, left.comoment)
+    np.testing.assert_array_equal(back.mean, left.mean)
+
+
+def test_merge_refuses_other_dims():
+    a = Moments(3, 2).update(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ShapeError, match="cannot merge"):
+        a.merge(Moments(2, 2).update(np.ones((4, 2)), np.ones((4, 2))))
+
+
+def test_nan_rows_are_named(xp):
+    a = np.ones((50, 4), np.float32)
+    a[17, 2] = np.nan
+    a[40, 0] = np.inf
+    m = Moments(4, 3, names=("resnet", "inception"))
+    with pytest.raises(NonFiniteError, match=r"features of resnet: 2 row\(s\), at row 117, 140"):
+        m.update(to_xp(xp, a), to_xp(xp, np.ones((50, 3), np.float32)), row_offset=100)
+
+
+def test_row_mismatch_and_dims(xp):
+    m = Moments(4, 3)
+    with pytest.raises(ShapeError, match="row counts differ: A has 5 rows, B has 6"):
+        m.update(to_xp(xp, np.ones((5, 4))), to_xp(xp, np.ones((6, 3))))
+    with pytest.raises(ShapeError, match="features of B have 2 columns, expected 3"):
+        m.update(to_xp(xp, np.ones((5, 4))), to_xp(xp, np.ones((5, 2))))
+    with pytest.raises(ShapeError, match="must be 2-D"):
+        m.update(to_xp(xp, np.ones(5)), to_xp(xp, np.ones((5, 3))))
