@@ -15,7 +15,15 @@ import typer
 from . import api
 from ._gpu import resolve_device
 from .errors import LintwinError
+from .affine import AffineMap
+from .demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
+from .errors import MapFileError
+from .experiment import compare as run_compare
+from .experiment import score as score_store
+from .extract import extract_features
+from .images import DEFAULT_FASHION_MNIST, open_images
 from .importer import import_features
+from .networks import Head, NetworkSpec
 from .report import metrics_table, plot_loss_curve
 from .solvers import AdamOptions, RankWarning
 from .store import FeatureStore
@@ -179,6 +187,120 @@ def solve(
                 if mp.loss_curve is not None:
                     png = plot_loss_curve({mp.name: mp.loss_curve}, path.with_suffix(".loss.png"))
                     _echo(f"wrote {png}")
+
+
+@app.command()
+def extract(
+    backbone: Annotated[Path, typer.Argument(help="backbone ONNX file (NAME.backbone.onnx, sidecar NAME.json beside it)")],
+    images: Annotated[Path, typer.Argument(help="image folder (labels.csv or class sub-folders), .npz or IDX file")],
+    store: Annotated[Path, typer.Option("--store", help="feature store (created if missing)")],
+    split: Annotated[str, typer.Option(help="split to write")] = "train",
+    name: Annotated[Optional[str], typer.Option(help="network name (default: from the sidecar)")] = None,
+    labels_csv: Annotated[Optional[Path], typer.Option(help="CSV of file,label for an image folder")] = None,
+    augment: Annotated[bool, typer.Option(help="random resized crops and flips (seeded)")] = False,
+    views: Annotated[int, typer.Option(min=1, help="augmented views per image")] = 1,
+    seed: Annotated[int, typer.Option(help="augmentation seed")] = 0,
+    batch: Annotated[int, typer.Option(min=1, help="images per backbone call")] = 64,
+    sidecar: Annotated[Optional[Path], typer.Option(help="sidecar JSON if not beside the model")] = None,
+    chunk_rows: Annotated[Optional[int], typer.Option(min=1, help="rows per zarr chunk (and per resume step)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run an ONNX backbone over images into a feature store (resumable)."""
+    with _cli_errors():
+        imgs = open_images(images, labels_csv=labels_csv)
+        if imgs.skipped:
+            _echo(f"skipped {len(imgs.skipped)} file(s) that could not be read: {', '.join(imgs.skipped[:10])}"
+                  + (" ..." if len(imgs.skipped) > 10 else ""))
+        s = extract_features(backbone, imgs, store, split=split, name=name, views=views, augment=augment,
+                             seed=seed, batch=batch, sidecar=sidecar, chunk_rows=chunk_rows, progress=not quiet)
+        resumed = f" (resumed at row {s.resumed_from})" if s.resumed_from else ""
+        _echo(f"wrote {s.rows} x {s.dim} features of {s.name} to {store} [{split}]{resumed}")
+
+
+@app.command()
+def score(
+    store: Annotated[Path, typer.Argument(help="feature store")],
+    map_file: Annotated[Path, typer.Option("--map", help="map .npz from solve or compare")],
+    head: Annotated[Path, typer.Option("--head", help="the target network's head ONNX file")],
+    split: Annotated[str, typer.Option(help="labelled split to score")] = "val",
+    device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
+) -> None:
+    """Classify mapped features with the target network's frozen head."""
+    with _cli_errors():
+        s = FeatureStore.open(store)
+        amap = AffineMap.load(map_file)
+        h = Head(head)
+        spec_name = _head_network(head)
+        if spec_name is not None and spec_name != amap.dst:
+            raise MapFileError(f"map {amap.name} targets {amap.dst!r}, but {head.name} is the head of {spec_name!r}")
+        r = score_store(s, amap, h, split, device=device.value)
+        _echo(f"{r['map']} on {split}: {r['correct']}/{r['images']} correct ({100 * r['accuracy']:.2f}%)")
+        if "agreement" in r:
+            _echo(f"{amap.dst} on its own features: {r['own_correct']}/{r['images']} correct "
+                  f"({100 * r['own_accuracy']:.2f}%); top-1 agreement with mapped: {100 * r['agreement']:.2f}%")
+
+
+def _head_network(head: Path) -> Optional[str]:
+    try:
+        return NetworkSpec.for_model(head).name
+    except LintwinError:
+        return None
+
+
+@app.command()
+def compare(
+    store: Annotated[Path, typer.Argument(help="feature store with train and val splits")],
+    a: Annotated[str, typer.Option("--a", help="network A")],
+    b: Annotated[str, typer.Option("--b", help="network B")],
+    head_a: Annotated[Path, typer.Option("--head-a", help="A's head ONNX file")],
+    head_b: Annotated[Path, typer.Option("--head-b", help="B's head ONNX file")],
+    method: Annotated[Method, typer.Option()] = Method.lstsq,
+    ridge: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    precision: Annotated[PrecisionChoice, typer.Option()] = PrecisionChoice.float32,
+    device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
+    split: Annotated[str, typer.Option(help="split to fit the maps on")] = "train",
+    eval_split: Annotated[str, typer.Option(help="labelled held-out split")] = "val",
+    out: Annotated[Path, typer.Option(help="directory for JSON, PNG and the two maps")] = Path("runs/compare"),
+    lr: Annotated[float, typer.Option()] = 0.1,
+    decay: Annotated[float, typer.Option()] = 1e-5,
+    batch: Annotated[int, typer.Option(min=1)] = 2048,
+    iterations: Annotated[int, typer.Option(min=1)] = 100_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    init: Annotated[InitChoice, typer.Option()] = InitChoice.random,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fit both maps and print the paper's Table 1 and Fig. 5 regions for networks A and B."""
+    with _cli_errors():
+        s = FeatureStore.open(store)
+        adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
+        result, maps = run_compare(s, a, b, Head(head_a), Head(head_b), method=method.value, ridge=ridge,
+                                   precision=precision.value, device=device.value, adam=adam, init=init.value,
+                                   fit_split=split, eval_split=eval_split, progress=not quiet)
+        _echo(compare_report(result))
+        j, png = write_compare_outputs(result, out, f"{a} vs {b}")
+        for m in maps:
+            m.save(out / f"{m.src}_to_{m.dst}.npz")
+        _echo(f"wrote {j}, {png} and the maps to {out}")
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="Fashion-MNIST directory (IDX files)")] = DEFAULT_FASHION_MNIST,
+    models: Annotated[Path, typer.Option(help="directory with the bundled networks")] = BUNDLED_MODELS,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
+    method: Annotated[Method, typer.Option()] = Method.lstsq,
+    iterations: Annotated[int, typer.Option(min=1, help="Adam iterations")] = 100_000,
+    train_limit: Annotated[Optional[int], typer.Option(min=1, help="use only the first N training images")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """The paper's experiment on the bundled Fashion-MNIST residual and Inception-style networks."""
+    with _cli_errors():
+        t0 = time.perf_counter()
+        result, paths = run_demo(data=data, models=models, out=out, method=method.value,
+                                 adam=AdamOptions(iterations=iterations), train_limit=train_limit,
+                                 progress=not quiet, echo=_echo)
+        _echo(compare_report(result))
+        _echo(f"wrote {paths.json} and {paths.png} ({time.perf_counter() - t0:.0f} s)")
 
 
 def main() -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["format_table", "metrics_table", "plot_loss_curve"]
+if TYPE_CHECKING:
+    from .experiment import Regions
+
+__all__ = ["format_table", "metrics_table", "plot_loss_curve", "plot_regions", "regions_text", "table1_text"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -59,6 +63,79 @@ def plot_loss_curve(curves: dict[str, np.ndarray], path: str | Path, *, referenc
     ax.set_ylabel("paper loss E (mean over batch)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def table1_text(table: Sequence[dict]) -> str:
+    """The paper's Table 1 layout: description, mapping, correct, percent, loss."""
+    rows = []
+    for r in table:
+        loss = "" if r["loss"] is None else f"{r['loss']:+.2f}"
+        rows.append((r["description"], r["mapping"], r["correct"], f"{r['percent']:.2f}%", loss))
+    return format_table(["description", "mapping", "correct", "percent", "loss (pp)"], rows)
+
+
+def region_labels(a: str, b: str) -> dict[str, str]:
+    """Names of the Fig. 5 regions; keys say who is right: A (network a), B (network b), M (a→b)."""
+    m = f"{a}→{b}"
+    return {
+        "ABM": "all three right", "AB-": f"{a} and {b} right, {m} wrong", "A-M": f"{a} and {m} right, {b} wrong",
+        "-BM": f"{b} and {m} right, {a} wrong", "A--": f"only {a} right", "-B-": f"only {b} right",
+        "--M": f"only {m} right", "---": "all three wrong",
+    }
+
+
+def regions_text(reg: Regions) -> str:
+    """Fig. 5 as text: one count per subset of {A, B, A→B} that labels an image correctly."""
+    a, b = reg.a, reg.b
+    lines = [f"Fig. 5 regions, target {b} ({a}→{b} = {b}'s head on mapped {a} features):"]
+    labels = region_labels(a, b)
+    width = max(len(label) for label in labels.values())
+    lines += [f"  {label:<{width}}  {reg.counts[key]:>7}" for key, label in labels.items()]
+    lines.append(f"  {b} misses {reg.b_errors}; mapped {a} features fix {reg.fixed_by_map} of them "
+                 f"and break {reg.broken_by_map} that {b} got right")
+    return "\n".join(lines)
+
+
+def plot_regions(regions: Sequence[Regions], path: str | Path, title: str = "") -> Path:
+    """Fig. 5 as a three-set Venn diagram per direction (circles A, B, A→B; counts in regions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    fig, axes = plt.subplots(1, len(regions), figsize=(6 * len(regions), 5.6))
+    axes = np.atleast_1d(axes)
+    centres = {"A": (-0.55, 0.35), "B": (0.55, 0.35), "M": (0.0, -0.55)}
+    colours = {"A": "tab:blue", "B": "tab:orange", "M": "tab:green"}
+    spots = {"A--": (-1.0, 0.6), "-B-": (1.0, 0.6), "--M": (0.0, -1.1), "AB-": (0.0, 0.75),
+             "A-M": (-0.62, -0.35), "-BM": (0.62, -0.35), "ABM": (0.0, 0.05)}
+    for ax, reg in zip(axes, regions):
+        a, b = reg.a, reg.b
+        names = {"A": f"{a} right", "B": f"{b} right", "M": f"{a}→{b} right"}
+        for k, (x, y) in centres.items():
+            ax.add_patch(Circle((x, y), 1.0, alpha=0.25, color=colours[k]))
+            ax.add_patch(Circle((x, y), 1.0, fill=False, color=colours[k], linewidth=1.5))
+        ax.text(-1.35, 1.45, names["A"], color=colours["A"], fontsize=10, ha="left")
+        ax.text(1.35, 1.45, names["B"], color=colours["B"], fontsize=10, ha="right")
+        ax.text(0.0, -1.75, names["M"], color=colours["M"], fontsize=10, ha="center")
+        for key, (x, y) in spots.items():
+            ax.text(x, y, f"{reg.counts[key]:,}", ha="center", va="center", fontsize=11)
+        ax.text(0.0, -2.15, f"all wrong: {reg.counts['---']:,}   ·   {b} misses {reg.b_errors:,}, "
+                f"mapped {a} fixes {reg.fixed_by_map:,}", ha="center", fontsize=9)
+        ax.set_xlim(-2.0, 2.0)
+        ax.set_ylim(-2.4, 1.7)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(f"target {b}: {a}→{b}")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,75 @@
+"""``lintwin demo``: the whole experiment, offline, on the bundled Fashion-MNIST networks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LintwinError
+from .experiment import CompareResult, compare
+from .extract import extract_features
+from .images import DEFAULT_FASHION_MNIST, open_images
+from .networks import Head, NetworkSpec
+from .report import plot_regions, regions_text, table1_text
+from .solvers import AdamOptions
+from .store import FeatureStore
+
+__all__ = ["BUNDLED_MODELS", "DemoPaths", "run_demo", "write_compare_outputs"]
+
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models" / "fashion"
+NETWORKS = ("fmnist-resnet", "fmnist-inception")
+
+
+@dataclass
+class DemoPaths:
+    store: Path
+    json: Path
+    png: Path
+
+
+def write_compare_outputs(result: CompareResult, out: Path, title: str) -> tuple[Path, Path]:
+    """Write the comparison as JSON and the Fig. 5 regions as PNG under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    j = out / f"compare_{result.a}_{result.b}.json"
+    j.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    png = plot_regions(result.regions, out / f"fig5_{result.a}_{result.b}.png", title=title)
+    return j, png
+
+
+def compare_report(result: CompareResult) -> str:
+    """Table 1 and both Fig. 5 region lists as text."""
+    parts = [f"Table 1 ({result.images} {result.eval_split} images; maps fitted on {result.fit_split} "
+             f"with {result.method}):", table1_text(result.table), ""]
+    for reg in result.regions:
+        parts += [regions_text(reg), ""]
+    return "\n".join(parts).rstrip()
+
+
+def run_demo(*, data: Path = DEFAULT_FASHION_MNIST, models: Path = BUNDLED_MODELS, out: Path = Path("runs/demo"),
+             method: str = "lstsq", adam: AdamOptions | None = None, train_limit: int | None = None,
+             progress: bool = True, echo=print) -> tuple[CompareResult, DemoPaths]:
+    """Extract both bundled networks on Fashion-MNIST train/test, fit both maps, score, report."""
+    train_file = data / "train-images-idx3-ubyte.gz"
+    test_file = data / "t10k-images-idx3-ubyte.gz"
+    if not train_file.is_file() or not test_file.is_file():
+        raise LintwinError(f"Fashion-MNIST not found under {data}; install it with "
+                           "'apt-get install dataset-fashion-mnist' or pass --data DIR")
+    specs = [NetworkSpec.for_model(models / f"{n}.json") for n in NETWORKS]
+    train = open_images(train_file)
+    if train_limit:
+        train = train.subset(range(min(train_limit, len(train))))
+    test = open_images(test_file)
+    store_path = out / "features.zarr"
+    for spec in specs:
+        for split, images in (("train", train), ("val", test)):
+            s = extract_features(spec.backbone_path, images, store_path, split=split, name=spec.name,
+                                 batch=500, progress=progress)
+            if s.resumed_from:
+                echo(f"resumed {spec.name} {split} at row {s.resumed_from}")
+    store = FeatureStore.open(store_path)
+    heads = [Head(spec.head_path) for spec in specs]
+    result, _ = compare(store, specs[0].name, specs[1].name, heads[0], heads[1], method=method, adam=adam,
+                        progress=progress)
+    j, png = write_compare_outputs(result, out, "Fashion-MNIST: residual vs Inception-style network")
+    return result, DemoPaths(store_path, j, png)

