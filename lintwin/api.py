@@ -135,20 +135,30 @@ def fit(a: Any, b: Any, *, method: Method = "lstsq", ridge: float = 0.0, precisi
 def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", method: Method = "lstsq",
               ridge: float = 0.0, precision: str = "float32", device: str = "auto", both: bool = False,
               adam: AdamOptions | None = None, init: Init = "random", block_rows: int | None = None,
-              progress: bool = True) -> list[AffineMap]:
+              progress: bool = True, dask_client: Any = None) -> list[AffineMap]:
     """Fit maps between networks ``src`` and ``dst`` of a store, streaming its ``split``.
 
     Returns ``[src→dst]`` or, with ``both``, ``[src→dst, dst→src]``. Maps record the
-    source models' hashes from the store's metadata.
+    source models' hashes from the store's metadata. With ``dask_client`` (a
+    ``distributed.Client``) the moments are accumulated on its workers.
     """
     _check_method(method, init)
+    if dask_client is not None and method != "lstsq":
+        raise LintwinError("--dask runs the closed-form accumulation; use it with --method lstsq")
+    worker_device = device  # each Dask worker resolves "auto" for itself
     device = resolve_device(device)
     if store.rows(split) == 0:
         raise ShapeError(f"split {split!r} has no rows")
     if method == "lstsq" or init == "lstsq":
         t0 = time.perf_counter()
-        m = accumulate_store(store, src, dst, split=split, precision=precision, device=device,
-                             block_rows=block_rows, progress=progress)
+        if dask_client is not None:
+            from .distributed import accumulate_dask
+
+            m = accumulate_dask(dask_client, store, src, dst, split=split, precision=precision,
+                                device=worker_device, block_rows=block_rows, progress=progress)
+        else:
+            m = accumulate_store(store, src, dst, split=split, precision=precision, device=device,
+                                 block_rows=block_rows, progress=progress)
         seconds = time.perf_counter() - t0
         maps = maps_from_moments(m, ridge=ridge, both=both)
         for mp in maps:

@@ -75,6 +75,18 @@ def _echo(text: str) -> None:
     typer.echo(text)
 
 
+@contextmanager
+def _maybe_dask(address: Optional[str]) -> Iterator[object]:
+    """A Dask client for ``--dask ADDRESS``, or None without it."""
+    if address is None:
+        yield None
+        return
+    from .distributed import dask_client
+
+    with dask_client(address, echo=lambda msg: typer.echo(msg, err=True)) as client:
+        yield client
+
+
 @app.command("import")
 def import_cmd(
     file: Annotated[Path, typer.Argument(help=".npy or .npz file of features (rows x dim)")],
@@ -154,16 +166,17 @@ def solve(
     seed: Annotated[int, typer.Option(help="Adam seed")] = 0,
     init: Annotated[InitChoice, typer.Option(help="Adam start: random or the closed-form map")] = InitChoice.random,
     block_rows: Annotated[Optional[int], typer.Option(min=1, help="rows per streamed block")] = None,
+    dask: Annotated[Optional[str], typer.Option(help="accumulate on a Dask cluster: scheduler address or local[:N]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Fit the affine map src→dst on a store split and report how well it maps."""
-    with _cli_errors():
+    with _cli_errors(), _maybe_dask(dask) as client:
         s = FeatureStore.open(store)
         t0 = time.perf_counter()
         adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
         maps = api.fit_store(s, src, dst, split=split, method=method.value, ridge=ridge, precision=precision.value,
                              device=device.value, both=both, adam=adam, init=init.value, block_rows=block_rows,
-                             progress=not quiet)
+                             progress=not quiet, dask_client=client)
         fit_seconds = time.perf_counter() - t0
         if eval_split is None and "val" in s.splits() and split != "val":
             eval_split = "val"
@@ -267,15 +280,16 @@ def compare(
     iterations: Annotated[int, typer.Option(min=1)] = 100_000,
     seed: Annotated[int, typer.Option()] = 0,
     init: Annotated[InitChoice, typer.Option()] = InitChoice.random,
+    dask: Annotated[Optional[str], typer.Option(help="accumulate on a Dask cluster: scheduler address or local[:N]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fit both maps and print the paper's Table 1 and Fig. 5 regions for networks A and B."""
-    with _cli_errors():
+    with _cli_errors(), _maybe_dask(dask) as client:
         s = FeatureStore.open(store)
         adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
         result, maps = run_compare(s, a, b, Head(head_a), Head(head_b), method=method.value, ridge=ridge,
                                    precision=precision.value, device=device.value, adam=adam, init=init.value,
-                                   fit_split=split, eval_split=eval_split, progress=not quiet)
+                                   fit_split=split, eval_split=eval_split, progress=not quiet, dask_client=client)
         _echo(compare_report(result))
         j, png = write_compare_outputs(result, out, f"{a} vs {b}")
         for m in maps:

@@ -108,7 +108,7 @@ class CompareResult:
 def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, method: str = "lstsq",
             ridge: float = 0.0, precision: str = "float32", device: str = "auto", adam: AdamOptions | None = None,
             init: str = "random", fit_split: str = "train", eval_split: str = "val",
-            progress: bool = True) -> tuple[CompareResult, list[AffineMap]]:
+            progress: bool = True, dask_client: Any = None) -> tuple[CompareResult, list[AffineMap]]:
     """Fit M_{A→B} and M_{B→A} on ``fit_split`` and score all four configurations on ``eval_split``."""
     device = resolve_device(device)
     for name in (a, b):
@@ -119,7 +119,7 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     labels = _labels(store, eval_split)
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
                        precision=precision, device=device, both=True, adam=adam, init=init,  # type: ignore[arg-type]
-                       progress=progress)
+                       progress=progress, dask_client=dask_client)
     pred_a = predict_store(store, eval_split, a, head_a)
     pred_b = predict_store(store, eval_split, b, head_b)
     pred_ab = predict_store(store, eval_split, a, head_b, ab, device)

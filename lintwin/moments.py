@@ -76,6 +76,15 @@ class Moments:
             raise LintwinError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
         self.names = tuple(self.names)  # type: ignore[assignment]
 
+    @classmethod
+    def from_parts(cls, dim_a: int, dim_b: int, names: tuple[str, str], precision: Precision, n: int,
+                   mean: Any, comoment: Any) -> "Moments":
+        """An accumulator holding already-computed moments (``n`` rows, float64 mean and co-moment)."""
+        m = cls(dim_a, dim_b, names, precision)
+        if n:
+            m.n, m.mean, m.comoment, m._xp = int(n), mean, comoment, namespace(mean)
+        return m
+
     @property
     def dim(self) -> int:
         return self.dim_a + self.dim_b
@@ -112,14 +121,16 @@ class Moments:
         return self
 
     def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any) -> None:
+        """Pairwise update; adds into ``self.comoment`` in place (d² float64 is the big array)."""
         if self.n == 0:
-            self.n, self.mean, self.comoment, self._xp = n_c, mean_c, com_c, xp
+            self.n, self.mean, self._xp = n_c, mean_c, xp
+            self.comoment = xp.asarray(com_c, copy=True)
             return
         n = self.n + n_c
         delta = mean_c - self.mean
         self.mean = self.mean + delta * (n_c / n)
-        outer = xp.reshape(delta, (-1, 1)) * xp.reshape(delta, (1, -1))
-        self.comoment = self.comoment + com_c + outer * (self.n * n_c / n)
+        self.comoment += com_c
+        self.comoment += xp.reshape(delta, (-1, 1)) * xp.reshape(delta * (self.n * n_c / n), (1, -1))
         self.n = n
 
     # -- views ----------------------------------------------------------------------
@@ -166,10 +177,8 @@ class Moments:
             raise LintwinError(f"{path}: not a lintwin moments file ({exc})") from None
         if meta.get("format") != _FORMAT:
             raise LintwinError(f"{path}: not a lintwin moments file (format {meta.get('format')!r})")
-        m = cls(meta["dim_a"], meta["dim_b"], tuple(meta["names"]), meta["precision"])
-        if meta["n"]:
-            m.n, m.mean, m.comoment, m._xp = int(meta["n"]), mean, com, namespace(mean)
-        return m
+        return cls.from_parts(meta["dim_a"], meta["dim_b"], tuple(meta["names"]), meta["precision"], meta["n"],
+                              mean, com)
 
 
 def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any]:
@@ -180,8 +189,8 @@ def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, 
     mean = xp.sum(z, axis=0, dtype=xp.float64) / n_c
     shift = xp.astype(mean, work)
     zs = z - shift
-    gram = xp.astype(xp.matrix_transpose(zs) @ zs, xp.float64)
+    com = xp.astype(xp.matrix_transpose(zs) @ zs, xp.float64)
     # zs has mean e = mean - shift (float32 rounding); remove its contribution exactly.
     e = mean - xp.astype(shift, xp.float64)
-    com = gram - (xp.reshape(e, (-1, 1)) * xp.reshape(e, (1, -1))) * n_c
+    com -= xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
     return n_c, mean, com

@@ -57,6 +57,16 @@ def test_merge_equals_one_pass(realistic, tmp_path):
     np.testing.assert_array_equal(back.mean, left.mean)
 
 
+def test_merge_leaves_the_other_accumulator_alone(realistic):
+    a, b = realistic["a"][:3000, :20], realistic["b"][:3000, :10]
+    shard = accumulate_arrays(a[:1000], b[:1000])
+    before = shard.comoment.copy()
+    total = Moments(20, 10).merge(shard)
+    total.update(a[1000:], b[1000:])
+    np.testing.assert_array_equal(shard.comoment, before)
+    assert total.n == 3000 and shard.n == 1000
+
+
 def test_merge_refuses_other_dims():
     a = Moments(3, 2).update(np.ones((4, 3)), np.ones((4, 2)))
     with pytest.raises(ShapeError, match="cannot merge"):

@@ -65,6 +65,8 @@ def fit_adam(
     init: tuple[Any, Any] | None = None,
     progress: bool = True,
     desc: str = "adam",
+    monitor: Callable[[int, Any, Any], bool | None] | None = None,
+    monitor_every: int = 1000,
 ) -> tuple[Any, Any, np.ndarray]:
     """Run Adam for ``options.iterations`` steps on batches from ``next_batch()``.
 
@@ -72,6 +74,9 @@ def fit_adam(
     Starts from ``init = (weight, bias)`` or, without it, from a seeded Gaussian weight
     with variance 1/src_dim and a zero bias. Returns ``(weight, bias, loss_curve)``, the
     curve holding the batch loss before each step.
+
+    ``monitor(t, weight, bias)``, if given, is called after every ``monitor_every`` steps
+    (t = steps done); returning True stops early and truncates the curve.
     """
     xp = namespace(like)
     dtype = like.dtype
@@ -103,6 +108,9 @@ def fit_adam(
         b, mb, vb = _adam_step(b, gb, mb, vb, lr, c1, c2, options, xp)
         if progress and t % 200 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        if monitor is not None and (t + 1) % monitor_every == 0 and monitor(t + 1, W, b):
+            curve = curve[: t + 1]
+            break
     bar.close()
     return W, b, to_numpy(curve)
 
