@@ -8,6 +8,7 @@ Three layers, as in scikit-learn: :func:`accumulate_*` make :class:`Moments` in 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
@@ -19,7 +20,7 @@ from .batches import ArrayBatches, StoreBatches
 from .errors import LintwinError, ShapeError
 from .metrics import FitMetrics
 from .moments import Moments, check_finite, check_pair
-from .solvers import AdamOptions, default_rcond, fit_adam, solve_affine
+from .solvers import AdamOptions, default_rcond, fit_adam, reduce_rank, ridge_cv, solve_affine
 from .store import FeatureStore
 
 Method = Literal["lstsq", "adam"]
@@ -31,6 +32,7 @@ __all__ = [
     "evaluate",
     "evaluate_store",
     "fit",
+    "fit_ridge_cv",
     "fit_store",
     "maps_from_moments",
 ]
@@ -63,23 +65,50 @@ def accumulate_store(store: FeatureStore, src: str, dst: str, *, split: str = "t
     return m
 
 
-def maps_from_moments(m: Moments, *, ridge: float = 0.0, both: bool = False,
-                      rcond: float | None = None) -> list[AffineMap]:
-    """Closed-form map src→dst (and dst→src with ``both``) from one accumulator."""
+def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both: bool = False,
+                      rcond: float | None = None, rank: int | None = None) -> list[AffineMap]:
+    """Closed-form map src→dst (and dst→src with ``both``) from one accumulator.
+
+    ``ridge`` is one λ or one per direction; ``rank`` makes each map the best map of that rank.
+    """
     blk = m.blocks()
     src, dst = m.names
     specs = [(src, dst, blk["aa"], blk["ab"], blk["mean_a"], blk["mean_b"])]
     if both:
         xp = namespace(blk["ab"])
         specs.append((dst, src, blk["bb"], xp.matrix_transpose(blk["ab"]), blk["mean_b"], blk["mean_a"]))
+    ridges = [float(ridge)] * 2 if isinstance(ridge, (int, float)) else [float(r) for r in ridge]
     maps = []
-    for s, d, sxx, sxy, mx, my in specs:
+    for (s, d, sxx, sxy, mx, my), lam in zip(specs, ridges):
         t0 = time.perf_counter()
-        w, b, info = solve_affine(sxx, sxy, mx, my, m.n, ridge=ridge, label=f"{s}→{d}",
+        w, b, info = solve_affine(sxx, sxy, mx, my, m.n, ridge=lam, label=f"{s}→{d}",
                                   rcond=default_rcond(m.precision) if rcond is None else rcond)
+        if rank is not None:
+            w = reduce_rank(w, sxx, rank)
+            b = my - w @ mx
+            info["map_rank"] = rank
         info["solve_seconds"] = time.perf_counter() - t0
-        maps.append(AffineMap(w, b, src=s, dst=d, method="lstsq", n_train=m.n, stats=info,
-                              options={"ridge": ridge, "precision": m.precision}))
+        options = {"ridge": lam, "precision": m.precision} | ({"rank": rank} if rank is not None else {})
+        maps.append(AffineMap(w, b, src=s, dst=d, method="lstsq", n_train=m.n, stats=info, options=options))
+    return maps
+
+
+def fit_ridge_cv(store: FeatureStore, src: str, dst: str, *, split: str = "train", folds: int = 5,
+                 precision: str = "float32", device: str = "auto", both: bool = False, rank: int | None = None,
+                 progress: bool = True) -> list[AffineMap]:
+    """Closed-form maps with λ chosen per direction by K-fold CV over images, from one pass."""
+    from .folds import accumulate_folds, training_moments
+
+    fold_moments = accumulate_folds(store, src, dst, k=folds, split=split, precision=precision, device=device,
+                                    progress=progress)
+    cvs = [ridge_cv(fold_moments, reverse=r) for r in ([False, True] if both else [False])]
+    maps = maps_from_moments(training_moments(fold_moments, None), ridge=[cv.chosen for cv in cvs] * (2 // len(cvs)),
+                             both=both, rank=rank)
+    for mp, cv in zip(maps, cvs):
+        mp.stats["ridge_cv"] = cv.as_dict()
+        mp.options["ridge"] = "auto"
+        mp.options["chosen_ridge"] = cv.chosen
+        mp.options["folds"] = folds
     return maps
 
 
@@ -91,7 +120,7 @@ def _check_method(method: str, init: str) -> None:
 
 
 def _adam_maps(starts: list[AffineMap], batches: list, like: list, adam: AdamOptions, init: str,
-               progress: bool, ridge: float, precision: str) -> list[AffineMap]:
+               progress: bool, ridge: float | str, precision: str) -> list[AffineMap]:
     out = []
     for start, next_batch, ref in zip(starts, batches, like):
         t0 = time.perf_counter()
@@ -133,23 +162,35 @@ def fit(a: Any, b: Any, *, method: Method = "lstsq", ridge: float = 0.0, precisi
 
 
 def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", method: Method = "lstsq",
-              ridge: float = 0.0, precision: str = "float32", device: str = "auto", both: bool = False,
+              ridge: float | str = 0.0, precision: str = "float32", device: str = "auto", both: bool = False,
               adam: AdamOptions | None = None, init: Init = "random", block_rows: int | None = None,
-              progress: bool = True, dask_client: Any = None) -> list[AffineMap]:
+              progress: bool = True, dask_client: Any = None, rank: int | None = None,
+              folds: int = 5) -> list[AffineMap]:
     """Fit maps between networks ``src`` and ``dst`` of a store, streaming its ``split``.
 
     Returns ``[src→dst]`` or, with ``both``, ``[src→dst, dst→src]``. Maps record the
     source models' hashes from the store's metadata. With ``dask_client`` (a
-    ``distributed.Client``) the moments are accumulated on its workers.
+    ``distributed.Client``) the moments are accumulated on its workers. ``ridge="auto"``
+    chooses λ by ``folds``-fold cross-validation over images; ``rank`` limits the map's rank.
     """
     _check_method(method, init)
     if dask_client is not None and method != "lstsq":
         raise LintwinError("--dask runs the closed-form accumulation; use it with --method lstsq")
+    if isinstance(ridge, str) and ridge != "auto":
+        raise LintwinError(f"ridge must be a number >= 0 or 'auto', got {ridge!r}")
+    if ridge == "auto" and dask_client is not None:
+        raise LintwinError("--ridge auto accumulates fold moments on one machine; drop --dask")
     worker_device = device  # each Dask worker resolves "auto" for itself
     device = resolve_device(device)
     if store.rows(split) == 0:
         raise ShapeError(f"split {split!r} has no rows")
-    if method == "lstsq" or init == "lstsq":
+    if ridge == "auto" and (method == "lstsq" or init == "lstsq"):
+        t0 = time.perf_counter()
+        maps = fit_ridge_cv(store, src, dst, split=split, folds=folds, precision=precision, device=device,
+                            both=both, rank=rank, progress=progress)
+        for mp in maps:
+            mp.stats["accumulate_seconds"] = time.perf_counter() - t0
+    elif method == "lstsq" or init == "lstsq":
         t0 = time.perf_counter()
         if dask_client is not None:
             from .distributed import accumulate_dask
@@ -160,7 +201,7 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
             m = accumulate_store(store, src, dst, split=split, precision=precision, device=device,
                                  block_rows=block_rows, progress=progress)
         seconds = time.perf_counter() - t0
-        maps = maps_from_moments(m, ridge=ridge, both=both)
+        maps = maps_from_moments(m, ridge=float(ridge), both=both, rank=rank)
         for mp in maps:
             mp.stats["accumulate_seconds"] = seconds
     else:

@@ -24,7 +24,7 @@ from .extract import extract_features
 from .images import DEFAULT_FASHION_MNIST, open_images
 from .importer import import_features
 from .networks import Head, NetworkSpec
-from .report import metrics_table, plot_loss_curve
+from .report import metrics_table, plot_loss_curve, plot_ridge_cv
 from .solvers import AdamOptions, RankWarning
 from .store import FeatureStore
 from .synthetic import write_synthetic_store
@@ -73,6 +73,19 @@ def _cli_errors() -> Iterator[None]:
 
 def _echo(text: str) -> None:
     typer.echo(text)
+
+
+def _ridge(value: str) -> float | str:
+    """``--ridge``: a number >= 0 or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        lam = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number >= 0 or 'auto', got {value!r}", param_hint="--ridge") from None
+    if lam < 0:
+        raise typer.BadParameter(f"expected a number >= 0 or 'auto', got {value!r}", param_hint="--ridge")
+    return lam
 
 
 @contextmanager
@@ -152,7 +165,9 @@ def solve(
     src: Annotated[str, typer.Option("--src", help="source network")],
     dst: Annotated[str, typer.Option("--dst", help="target network")],
     method: Annotated[Method, typer.Option(help="closed form or the paper's Adam")] = Method.lstsq,
-    ridge: Annotated[float, typer.Option(min=0.0, help="ridge penalty λ on the weights")] = 0.0,
+    ridge: Annotated[str, typer.Option(help="ridge penalty λ on the weights, or 'auto' for K-fold CV over images")] = "0",
+    folds: Annotated[int, typer.Option(min=2, help="folds for --ridge auto")] = 5,
+    rank: Annotated[Optional[int], typer.Option(min=1, help="fit the best map of this rank")] = None,
     precision: Annotated[PrecisionChoice, typer.Option(help="float32 products summed in float64, or all float64")] = PrecisionChoice.float32,
     device: Annotated[DeviceChoice, typer.Option(help="auto uses the GPU when CuPy sees one")] = DeviceChoice.auto,
     both: Annotated[bool, typer.Option("--both", help="also fit dst→src from the same pass")] = False,
@@ -174,9 +189,9 @@ def solve(
         s = FeatureStore.open(store)
         t0 = time.perf_counter()
         adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
-        maps = api.fit_store(s, src, dst, split=split, method=method.value, ridge=ridge, precision=precision.value,
-                             device=device.value, both=both, adam=adam, init=init.value, block_rows=block_rows,
-                             progress=not quiet, dask_client=client)
+        maps = api.fit_store(s, src, dst, split=split, method=method.value, ridge=_ridge(ridge),
+                             precision=precision.value, device=device.value, both=both, adam=adam, init=init.value,
+                             block_rows=block_rows, progress=not quiet, dask_client=client, rank=rank, folds=folds)
         fit_seconds = time.perf_counter() - t0
         if eval_split is None and "val" in s.splits() and split != "val":
             eval_split = "val"
@@ -191,7 +206,13 @@ def solve(
         for mp in maps:
             solver = mp.stats.get("solver")
             detail = f"solver {solver}, rank {mp.stats.get('rank')}" if solver else f"final batch loss {mp.stats['final_loss']:.4f}"
+            if "map_rank" in mp.stats:
+                detail += f", reduced to rank {mp.stats['map_rank']}"
             _echo(f"{mp.name}: {mp.method}, {mp.n_train} training rows, {detail}")
+        for mp in maps:
+            if "ridge_cv" in mp.stats:
+                _echo(f"{mp.name}: ridge chosen by {folds}-fold CV over images: λ = {mp.options['chosen_ridge']:.4g} "
+                      f"(held-out relative error {min(mp.stats['ridge_cv']['cv_error']):.4f})")
         _echo(f"fit time {fit_seconds:.2f} s (method {method.value}, device {resolve_device(device.value)})")
         if out is not None:
             for mp, path in zip(maps, _map_paths(out, [(m.src, m.dst) for m in maps])):
@@ -199,6 +220,9 @@ def solve(
                 _echo(f"wrote {path}")
                 if mp.loss_curve is not None:
                     png = plot_loss_curve({mp.name: mp.loss_curve}, path.with_suffix(".loss.png"))
+                    _echo(f"wrote {png}")
+                if "ridge_cv" in mp.stats:
+                    png = plot_ridge_cv(mp.stats["ridge_cv"], path.with_suffix(".cv.png"))
                     _echo(f"wrote {png}")
 
 
@@ -268,7 +292,9 @@ def compare(
     head_a: Annotated[Path, typer.Option("--head-a", help="A's head ONNX file")],
     head_b: Annotated[Path, typer.Option("--head-b", help="B's head ONNX file")],
     method: Annotated[Method, typer.Option()] = Method.lstsq,
-    ridge: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    ridge: Annotated[str, typer.Option(help="ridge λ, or 'auto' for K-fold CV over images")] = "0",
+    folds: Annotated[int, typer.Option(min=2, help="folds for --ridge auto")] = 5,
+    rank: Annotated[Optional[int], typer.Option(min=1, help="fit the best maps of this rank")] = None,
     precision: Annotated[PrecisionChoice, typer.Option()] = PrecisionChoice.float32,
     device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
     split: Annotated[str, typer.Option(help="split to fit the maps on")] = "train",
@@ -287,13 +313,16 @@ def compare(
     with _cli_errors(), _maybe_dask(dask) as client:
         s = FeatureStore.open(store)
         adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed)
-        result, maps = run_compare(s, a, b, Head(head_a), Head(head_b), method=method.value, ridge=ridge,
+        result, maps = run_compare(s, a, b, Head(head_a), Head(head_b), method=method.value, ridge=_ridge(ridge),
                                    precision=precision.value, device=device.value, adam=adam, init=init.value,
-                                   fit_split=split, eval_split=eval_split, progress=not quiet, dask_client=client)
+                                   fit_split=split, eval_split=eval_split, progress=not quiet, dask_client=client,
+                                   rank=rank, folds=folds)
         _echo(compare_report(result))
         j, png = write_compare_outputs(result, out, f"{a} vs {b}")
         for m in maps:
             m.save(out / f"{m.src}_to_{m.dst}.npz")
+            if "ridge_cv" in m.stats:
+                plot_ridge_cv(m.stats["ridge_cv"], out / f"{m.src}_to_{m.dst}.cv.png")
         _echo(f"wrote {j}, {png} and the maps to {out}")
 
 

@@ -106,9 +106,10 @@ class CompareResult:
 
 
 def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, method: str = "lstsq",
-            ridge: float = 0.0, precision: str = "float32", device: str = "auto", adam: AdamOptions | None = None,
+            ridge: float | str = 0.0, precision: str = "float32", device: str = "auto", adam: AdamOptions | None = None,
             init: str = "random", fit_split: str = "train", eval_split: str = "val",
-            progress: bool = True, dask_client: Any = None) -> tuple[CompareResult, list[AffineMap]]:
+            progress: bool = True, dask_client: Any = None, rank: int | None = None,
+            folds: int = 5) -> tuple[CompareResult, list[AffineMap]]:
     """Fit M_{A→B} and M_{B→A} on ``fit_split`` and score all four configurations on ``eval_split``."""
     device = resolve_device(device)
     for name in (a, b):
@@ -119,7 +120,7 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     labels = _labels(store, eval_split)
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
                        precision=precision, device=device, both=True, adam=adam, init=init,  # type: ignore[arg-type]
-                       progress=progress, dask_client=dask_client)
+                       progress=progress, dask_client=dask_client, rank=rank, folds=folds)
     pred_a = predict_store(store, eval_split, a, head_a)
     pred_b = predict_store(store, eval_split, b, head_b)
     pred_ab = predict_store(store, eval_split, a, head_b, ab, device)
@@ -144,6 +145,6 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
                Regions.from_hits(b, a, hit["b"], hit["a"], hit["ba"])]
     metrics = {m.name: evaluate_store(m, store, eval_split, device=device, progress=False) for m in (ab, ba)}
     maps_info = [{"map": m.name, "method": m.method, "n_train": m.n_train, "options": m.options,
-                  "stats": {k: v for k, v in m.stats.items() if not isinstance(v, dict)}} for m in (ab, ba)]
+                  "stats": m.stats} for m in (ab, ba)]
     result = CompareResult(a, b, method, fit_split, eval_split, n, table, regions, metrics, maps_info)
     return result, [ab, ba]

@@ -11,7 +11,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .experiment import Regions
 
-__all__ = ["format_table", "metrics_table", "plot_loss_curve", "plot_regions", "regions_text", "table1_text"]
+__all__ = ["format_table", "metrics_table", "plot_loss_curve", "plot_regions", "plot_ridge_cv", "regions_text",
+           "table1_text"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -136,6 +137,30 @@ def plot_regions(regions: Sequence[Regions], path: str | Path, title: str = "") 
         ax.set_title(f"target {b}: {a}→{b}")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ridge_cv(cv: dict, path: str | Path) -> Path:
+    """The K-fold CV curve of a ridge search (held-out relative error against λ), chosen λ marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(cv["lambdas"], cv["cv_error"], marker="o", markersize=3)
+    ax.axvline(cv["chosen"], color="gray", linestyle="--", linewidth=1)
+    ax.annotate(f"λ = {cv['chosen']:.3g}", (cv["chosen"], min(cv["cv_error"])), textcoords="offset points",
+                xytext=(5, 8), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("ridge λ")
+    ax.set_ylabel("held-out SSE / held-out variance")
+    ax.set_title(f"{cv['direction']}: {cv['folds']}-fold CV over images")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

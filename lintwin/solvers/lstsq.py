@@ -24,7 +24,7 @@ import numpy as np
 from .._xp import namespace, solve_triangular
 from ..errors import LintwinError
 
-__all__ = ["RankWarning", "default_rcond", "solve_affine"]
+__all__ = ["RankWarning", "default_rcond", "reduce_rank", "solve_affine"]
 
 
 class RankWarning(UserWarning):
@@ -134,3 +134,20 @@ def _finish(wt: Any, scale: Any, mean_x: Any, mean_y: Any, info: dict, xp: Any) 
     weight = xp.matrix_transpose(wt / xp.reshape(scale, (-1, 1)))
     bias = mean_y - weight @ mean_x
     return weight, bias, info
+
+
+def reduce_rank(weight: Any, sxx: Any, rank: int) -> Any:
+    """The best rank-``rank`` map given the full-rank least-squares (or ridge) ``weight``.
+
+    Reduced-rank regression: with the fitted values' co-moment G = W Sxx W^T = U Σ U^T,
+    the optimal rank-k weight is U_k U_k^T W (project the predictions onto their top-k
+    principal directions). The bias follows from the means as before.
+    """
+    xp = namespace(weight, sxx)
+    d_out = int(weight.shape[0])
+    if not 1 <= rank <= min(d_out, int(weight.shape[1])):
+        raise LintwinError(f"rank must be between 1 and {min(d_out, int(weight.shape[1]))}, got {rank}")
+    g = weight @ sxx @ xp.matrix_transpose(weight)
+    _, U = xp.linalg.eigh((g + xp.matrix_transpose(g)) / 2)
+    top = U[:, d_out - rank :]
+    return top @ (xp.matrix_transpose(top) @ weight)

@@ -1,0 +1,70 @@
+"""Cross-validation folds over images, accumulated in the same single pass as the moments.
+
+Rows of one image (its augmented views, ids ``name#vK``) always share a fold, so no view of
+a held-out image is ever fitted on. One :class:`Moments` per fold is accumulated; a fold's
+training moments are the merge of the others, so K-fold CV needs no further pass.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._gpu import resolve_device, to_device
+from .errors import LintwinError
+from .moments import Moments
+from .store import FeatureStore
+
+__all__ = ["accumulate_folds", "image_folds", "training_moments"]
+
+_VIEW = re.compile(r"#v\d+$")
+
+
+def image_folds(ids: np.ndarray | None, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index of each row: images (ids without their ``#vN`` view suffix) spread over ``k`` folds."""
+    if k < 2:
+        raise LintwinError(f"cross-validation needs at least 2 folds, got {k}")
+    if ids is None:  # no ids: every row is its own image
+        keys = np.arange(rows)
+    else:
+        _, keys = np.unique([_VIEW.sub("", str(i)) for i in ids], return_inverse=True)
+    n_images = int(keys.max()) + 1 if rows else 0
+    if n_images < k:
+        raise LintwinError(f"{n_images} distinct images cannot fill {k} folds")
+    order = np.random.default_rng(zlib.crc32(b"lintwin-folds") + seed).permutation(n_images)
+    fold_of_image = np.empty(n_images, dtype=np.int64)
+    fold_of_image[order] = np.arange(n_images) % k
+    return fold_of_image[keys]
+
+
+def accumulate_folds(store: FeatureStore, src: str, dst: str, *, k: int = 5, split: str = "train",
+                     precision: str = "float32", device: str = "auto", seed: int = 0,
+                     progress: bool = True) -> list[Moments]:
+    """One streaming pass: the moments of each of ``k`` image folds of ``split``."""
+    device = resolve_device(device)
+    n = store.rows(split)
+    folds = image_folds(store.ids(split), n, k, seed)
+    dims = (int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"]))
+    out = [Moments(dims[0], dims[1], (src, dst), precision) for _ in range(k)]  # type: ignore[arg-type]
+    with tqdm(total=n, desc=f"fold moments {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
+        for lo, (a, b) in store.iter_blocks(split, [src, dst]):
+            f = folds[lo : lo + len(a)]
+            for j in range(k):
+                rows = np.nonzero(f == j)[0]
+                if len(rows):
+                    out[j].update(to_device(a[rows], device), to_device(b[rows], device), row_offset=lo)
+            bar.update(len(a))
+    return out
+
+
+def training_moments(folds: list[Moments], held_out: int | None) -> Moments:
+    """Moments of every fold but ``held_out`` (all of them for None), merged, not recomputed."""
+    first = folds[0]
+    m = Moments(first.dim_a, first.dim_b, first.names, first.precision)
+    for j, f in enumerate(folds):
+        if j != held_out:
+            m.merge(f)
+    return m
