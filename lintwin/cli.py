@@ -21,7 +21,7 @@ from .errors import MapFileError
 from .experiment import compare as run_compare
 from .experiment import score as score_store
 from .extract import extract_features
-from .images import DEFAULT_FASHION_MNIST, open_images
+from .images import DEFAULT_FASHION_MNIST, concat_images, open_images
 from .importer import import_features
 from .networks import Head, NetworkSpec
 from .report import metrics_table, plot_loss_curve, plot_ridge_cv
@@ -229,7 +229,7 @@ def solve(
 @app.command()
 def extract(
     backbone: Annotated[Path, typer.Argument(help="backbone ONNX file (NAME.backbone.onnx, sidecar NAME.json beside it)")],
-    images: Annotated[Path, typer.Argument(help="image folder (labels.csv or class sub-folders), .npz or IDX file")],
+    images: Annotated[list[Path], typer.Argument(help="image folder(s) (labels.csv, class sub-folders or plain), .npz or IDX file; several folders form one pool")],
     store: Annotated[Path, typer.Option("--store", help="feature store (created if missing)")],
     split: Annotated[str, typer.Option(help="split to write")] = "train",
     name: Annotated[Optional[str], typer.Option(help="network name (default: from the sidecar)")] = None,
@@ -244,7 +244,7 @@ def extract(
 ) -> None:
     """Run an ONNX backbone over images into a feature store (resumable)."""
     with _cli_errors():
-        imgs = open_images(images, labels_csv=labels_csv)
+        imgs = concat_images([open_images(p, labels_csv=labels_csv) for p in images])
         if imgs.skipped:
             _echo(f"skipped {len(imgs.skipped)} file(s) that could not be read: {', '.join(imgs.skipped[:10])}"
                   + (" ..." if len(imgs.skipped) > 10 else ""))

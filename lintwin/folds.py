@@ -18,7 +18,7 @@ from .errors import LintwinError
 from .moments import Moments
 from .store import FeatureStore
 
-__all__ = ["accumulate_folds", "image_folds", "training_moments"]
+__all__ = ["accumulate_folds", "accumulate_folds_arrays", "image_folds", "training_moments"]
 
 _VIEW = re.compile(r"#v\d+$")
 
@@ -51,13 +51,27 @@ def accumulate_folds(store: FeatureStore, src: str, dst: str, *, k: int = 5, spl
     out = [Moments(dims[0], dims[1], (src, dst), precision) for _ in range(k)]  # type: ignore[arg-type]
     with tqdm(total=n, desc=f"fold moments {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
         for lo, (a, b) in store.iter_blocks(split, [src, dst]):
-            f = folds[lo : lo + len(a)]
-            for j in range(k):
-                rows = np.nonzero(f == j)[0]
-                if len(rows):
-                    out[j].update(to_device(a[rows], device), to_device(b[rows], device), row_offset=lo)
+            _update_folds(out, a, b, folds[lo : lo + len(a)], lo, device)
             bar.update(len(a))
     return out
+
+
+def accumulate_folds_arrays(a: np.ndarray, b: np.ndarray, ids: np.ndarray | None, *, k: int = 5,
+                            names: tuple[str, str] = ("A", "B"), precision: str = "float32",
+                            seed: int = 0) -> list[Moments]:
+    """:func:`accumulate_folds` for paired NumPy features in memory (``ids`` give the images)."""
+    folds = image_folds(ids, len(a), k, seed)
+    out = [Moments(a.shape[1], b.shape[1], names, precision) for _ in range(k)]  # type: ignore[arg-type]
+    for lo in range(0, len(a), 8192):
+        _update_folds(out, a[lo : lo + 8192], b[lo : lo + 8192], folds[lo : lo + 8192], lo, "cpu")
+    return out
+
+
+def _update_folds(out: list[Moments], a: np.ndarray, b: np.ndarray, fold: np.ndarray, lo: int, device: str) -> None:
+    for j, m in enumerate(out):
+        rows = np.nonzero(fold == j)[0]
+        if len(rows):
+            m.update(to_device(a[rows], device), to_device(b[rows], device), row_offset=lo)
 
 
 def training_moments(folds: list[Moments], held_out: int | None) -> Moments:

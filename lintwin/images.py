@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import LintwinError
 
-__all__ = ["ImageSet", "Preprocess", "open_images", "read_idx"]
+__all__ = ["ImageSet", "Preprocess", "concat_images", "open_images", "read_idx"]
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -183,6 +183,21 @@ def _from_subfolders(root: Path) -> ImageSet:
     lab = [lbl for f, lbl in zip(files, labels) if f in keep]
     return ImageSet([f"{f.parent.name}/{f.name}" for f in kept], np.array(lab, dtype=np.int64), files=kept,
                     skipped=skipped, description=str(root))
+
+
+def concat_images(sets: Sequence[ImageSet]) -> ImageSet:
+    """One image set from several (e.g. an unlabelled fitting pool from many folders), in order."""
+    if len(sets) == 1:
+        return sets[0]
+    if any(s.arrays is not None for s in sets):
+        raise LintwinError("only image folders can be combined into one pool (not .npz or IDX arrays)")
+    return ImageSet(
+        ids=[i for s in sets for i in s.ids],
+        labels=np.concatenate([s.labels for s in sets]),
+        files=[f for s in sets for f in (s.files or [])],
+        skipped=[k for s in sets for k in s.skipped],
+        description=" + ".join(s.description for s in sets),
+    )
 
 
 @dataclass(frozen=True)

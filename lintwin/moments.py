@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._xp import from_numpy, namespace, to_numpy
+from ._xp import device, from_numpy, namespace, to_numpy
 from .errors import LintwinError, NonFiniteError, ShapeError
 
 Precision = Literal["float32", "float64"]
@@ -102,8 +102,8 @@ class Moments:
         if check:
             check_finite(a, self.names[0], row_offset, xp)
             check_finite(b, self.names[1], row_offset, xp)
-        n_c, mean_c, com_c = _chunk_moments(a, b, self.precision, xp)
-        self._combine(n_c, mean_c, com_c, xp)
+        n_c, mean_c, gram, e = _chunk_moments(a, b, self.precision, xp)
+        self._combine(n_c, mean_c, gram, xp, shift_error=e)
         return self
 
     def merge(self, other: "Moments") -> "Moments":
@@ -120,17 +120,32 @@ class Moments:
         self._combine(other.n, mean, com, namespace(mean))
         return self
 
-    def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any) -> None:
-        """Pairwise update; adds into ``self.comoment`` in place (d² float64 is the big array)."""
+    def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any, shift_error: Any = None) -> None:
+        """Pairwise (Chan et al.) update, adding into ``self.comoment`` in place.
+
+        ``com_c`` may be a float32 product of rows shifted by ``mean_c - shift_error``;
+        its rank-one offset ``n_c e e^T`` is removed here together with the merge's own
+        rank-one term, as one rank-two update, so the d x d float64 array is touched twice.
+        """
+        xp_f64 = xp.float64
         if self.n == 0:
             self.n, self.mean, self._xp = n_c, mean_c, xp
-            self.comoment = xp.asarray(com_c, copy=True)
+            self.comoment = xp.astype(com_c, xp_f64, copy=True)
+            if shift_error is not None:
+                e = shift_error
+                self.comoment -= xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
             return
         n = self.n + n_c
         delta = mean_c - self.mean
+        weight = self.n * n_c / n
         self.mean = self.mean + delta * (n_c / n)
-        self.comoment += com_c
-        self.comoment += xp.reshape(delta, (-1, 1)) * xp.reshape(delta * (self.n * n_c / n), (1, -1))
+        self.comoment += com_c  # float32 products are promoted, without a float64 copy
+        if shift_error is None:
+            self.comoment += xp.reshape(delta, (-1, 1)) * xp.reshape(delta * weight, (1, -1))
+        else:
+            left = xp.stack([delta * weight, shift_error * (-n_c)], axis=1)
+            right = xp.stack([delta, shift_error], axis=0)
+            self.comoment += left @ right
         self.n = n
 
     # -- views ----------------------------------------------------------------------
@@ -181,16 +196,20 @@ class Moments:
                               mean, com)
 
 
-def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any]:
-    """Row count, float64 mean and float64 centred co-moment of one chunk of [a, b]."""
+def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any, Any]:
+    """Row count, float64 mean, shifted product and shift error of one chunk of [a, b].
+
+    The chunk is copied once into a work buffer [a b], shifted by its mean rounded to the
+    work dtype, and multiplied with itself (a SYRK in NumPy/CuPy). The product's offset
+    from the centred co-moment is ``n e e^T`` with ``e = mean - shift``; :meth:`Moments._combine`
+    removes it in float64.
+    """
     work = xp.float32 if precision == "float32" else xp.float64
-    z = xp.concat([xp.astype(a, work), xp.astype(b, work)], axis=1)
-    n_c = int(z.shape[0])
+    n_c, da = int(a.shape[0]), int(a.shape[1])
+    z = xp.empty((n_c, da + int(b.shape[1])), dtype=work, device=device(a))
+    z[:, :da] = a if a.dtype == work else xp.astype(a, work)
+    z[:, da:] = b if b.dtype == work else xp.astype(b, work)
     mean = xp.sum(z, axis=0, dtype=xp.float64) / n_c
     shift = xp.astype(mean, work)
-    zs = z - shift
-    com = xp.astype(xp.matrix_transpose(zs) @ zs, xp.float64)
-    # zs has mean e = mean - shift (float32 rounding); remove its contribution exactly.
-    e = mean - xp.astype(shift, xp.float64)
-    com -= xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
-    return n_c, mean, com
+    z -= shift
+    return n_c, mean, xp.matrix_transpose(z) @ z, mean - xp.astype(shift, xp.float64)

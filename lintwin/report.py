@@ -4,15 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from .experiment import Regions
 
-__all__ = ["format_table", "metrics_table", "plot_loss_curve", "plot_regions", "plot_ridge_cv", "regions_text",
+__all__ = ["format_table", "new_figure", "save_figure", "metrics_table", "plot_loss_curve", "plot_regions", "plot_ridge_cv", "regions_text",
            "table1_text"]
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4)) -> tuple[Any, Any]:
+    """A matplotlib figure and axes on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -44,12 +66,8 @@ def metrics_table(results: Sequence[tuple[str, str, dict]]) -> str:
 def plot_loss_curve(curves: dict[str, np.ndarray], path: str | Path, *, reference: dict[str, float] | None = None,
                     title: str = "Adam training loss") -> Path:
     """Write a PNG of per-iteration loss (smoothed), with optional horizontal reference lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = new_figure()
+    ax = axes[0, 0]
     for label, curve in curves.items():
         curve = np.asarray(curve, dtype=float)
         k = max(1, len(curve) // 200)
@@ -64,12 +82,7 @@ def plot_loss_curve(curves: dict[str, np.ndarray], path: str | Path, *, referenc
     ax.set_ylabel("paper loss E (mean over batch)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def table1_text(table: Sequence[dict]) -> str:
@@ -105,14 +118,10 @@ def regions_text(reg: Regions) -> str:
 
 def plot_regions(regions: Sequence[Regions], path: str | Path, title: str = "") -> Path:
     """Fig. 5 as a three-set Venn diagram per direction (circles A, B, A→B; counts in regions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
-    fig, axes = plt.subplots(1, len(regions), figsize=(6 * len(regions), 5.6))
-    axes = np.atleast_1d(axes)
+    fig, axes = new_figure(1, len(regions), figsize=(6 * len(regions), 5.6))
+    axes = axes[0]
     centres = {"A": (-0.55, 0.35), "B": (0.55, 0.35), "M": (0.0, -0.55)}
     colours = {"A": "tab:blue", "B": "tab:orange", "M": "tab:green"}
     spots = {"A--": (-1.0, 0.6), "-B-": (1.0, 0.6), "--M": (0.0, -1.1), "AB-": (0.0, 0.75),
@@ -137,22 +146,13 @@ def plot_regions(regions: Sequence[Regions], path: str | Path, title: str = "") 
         ax.set_title(f"target {b}: {a}→{b}")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_ridge_cv(cv: dict, path: str | Path) -> Path:
     """The K-fold CV curve of a ridge search (held-out relative error against λ), chosen λ marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = new_figure(figsize=(6.5, 4))
+    ax = axes[0, 0]
     ax.plot(cv["lambdas"], cv["cv_error"], marker="o", markersize=3)
     ax.axvline(cv["chosen"], color="gray", linestyle="--", linewidth=1)
     ax.annotate(f"λ = {cv['chosen']:.3g}", (cv["chosen"], min(cv["cv_error"])), textcoords="offset points",
@@ -161,9 +161,4 @@ def plot_ridge_cv(cv: dict, path: str | Path) -> Path:
     ax.set_xlabel("ridge λ")
     ax.set_ylabel("held-out SSE / held-out variance")
     ax.set_title(f"{cv['direction']}: {cv['folds']}-fold CV over images")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

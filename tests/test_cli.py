@@ -141,3 +141,9 @@ def test_half_written_store_is_reported(tmp_path):
     r = run("solve", tmp_path / "s.zarr", "--src", "A", "--dst", "B")
     assert r.exit_code == 1
     assert "Error: features of 'B' in split 'train' are incomplete (50 of 100 rows written)" in r.stderr
+
+
+def test_demo_without_the_data_set_says_how_to_get_it(tmp_path):
+    r = run("demo", "--data", tmp_path / "none", "--out", tmp_path / "out", "-q")
+    assert r.exit_code == 1
+    assert "Error: Fashion-MNIST not found under" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
