@@ -156,7 +156,13 @@ def run_worker(name: str, store: Path, tmp: Path, args: argparse.Namespace, extr
     cmd = [sys.executable, __file__, "--worker", name, "--store", str(store), "--maps", str(out),
            "--adam-iters", str(args.adam_iters), "--adam-budget", str(args.adam_budget),
            "--warm-lr", str(args.warm_lr), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    limit = int(args.mem_limit_gb * 2**30) if args.mem_limit_gb else None
+
+    def cap_memory() -> None:  # a clean MemoryError instead of the kernel's OOM killer
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap_memory)
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         return {"failed": f"{tail[0]} (exit {proc.returncode})"}
@@ -340,6 +346,8 @@ def main() -> None:
     ap.add_argument("--adam-budget", type=int, default=1000, help="iterations of the fixed-budget Adam runs")
     ap.add_argument("--warm-lr", type=float, default=1e-4, help="Adam lr when warm-started from the closed form")
     ap.add_argument("--work", type=Path, default=None, help="where stores go (default: a temp dir)")
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="address-space cap per competitor process, so an oversized fit fails with MemoryError")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
@@ -361,6 +369,8 @@ def main() -> None:
     text = table(rows)
     print(text)
     tag = "quick" if args.quick else "_".join(str(n) for n in args.sizes)
+    if args.only and not args.quick:
+        tag += "_" + "-".join(args.only)
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {_ram() / 2**30:.0f} GiB",
             "python": platform.python_version(), "numpy": np.__version__, "command": " ".join(sys.argv)}
     (args.out / f"solvers_{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))

@@ -6,7 +6,16 @@ Fit ``M_{A→B}`` so that ``M [F_A(x); 1] ≈ F_B(x)`` (McNeely-White, Beveridge
 
 from .affine import AffineMap
 from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
-from .api import accumulate_arrays, accumulate_store, evaluate, evaluate_store, fit, fit_store, maps_from_moments
+from .api import (
+    accumulate_arrays,
+    accumulate_store,
+    evaluate,
+    evaluate_store,
+    fit,
+    fit_ridge_cv,
+    fit_store,
+    maps_from_moments,
+)
 from .metrics import FitMetrics, paper_loss, row_cosine
 from .moments import Moments
 from .solvers import AdamOptions, RankWarning
@@ -31,6 +40,7 @@ __all__ = [
     "evaluate",
     "evaluate_store",
     "fit",
+    "fit_ridge_cv",
     "fit_store",
     "maps_from_moments",
     "paper_loss",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ._gpu import resolve_device, to_device
@@ -102,7 +103,7 @@ def fit_ridge_cv(store: FeatureStore, src: str, dst: str, *, split: str = "train
     fold_moments = accumulate_folds(store, src, dst, k=folds, split=split, precision=precision, device=device,
                                     progress=progress)
     cvs = [ridge_cv(fold_moments, reverse=r) for r in ([False, True] if both else [False])]
-    maps = maps_from_moments(training_moments(fold_moments, None), ridge=[cv.chosen for cv in cvs] * (2 // len(cvs)),
+    maps = maps_from_moments(training_moments(fold_moments, None), ridge=[cv.chosen for cv in cvs],
                              both=both, rank=rank)
     for mp, cv in zip(maps, cvs):
         mp.stats["ridge_cv"] = cv.as_dict()
@@ -220,15 +221,11 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
 
 
 def _like(device: str, precision: str) -> Any:
-    import numpy as np
-
     return to_device(np.zeros(1, dtype=np.float64 if precision == "float64" else np.float32), device)
 
 
 def _zero_maps(store: FeatureStore, split: str, src: str, dst: str, both: bool) -> list[AffineMap]:
     """Shape-only stand-ins that tell Adam the dimensions when it starts from random weights."""
-    import numpy as np
-
     da, db = int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"])
     n = store.rows(split)
     out = [AffineMap(np.zeros((db, da)), np.zeros(db), src=src, dst=dst, n_train=n)]
