@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "200", "400", "800", "all"])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--ranks", type=int, nargs="*", default=[],
+                    help="also: accuracy against map rank (ridge-CV then rank k) on all pool images")
     ap.add_argument("--adam-iterations", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/curve"))
@@ -99,9 +101,25 @@ def main() -> None:
                 rows.append((n_img, rec["rows"], method, m.name, f"{100 * acc:.2f}", f"{100 * agree:.2f}",
                              f"{rec['loss_pp']:+.2f}", f"{secs:.1f}"))
             print(f"{n_img} images, {method}: done in {secs:.1f} s", flush=True)
+    rank_rows = []
+    if args.ranks:
+        sel = row_rank < len(images)
+        folds = accumulate_folds_arrays(a_all[sel], b_all[sel], ids[sel], k=5, names=(args.a, args.b))
+        lams = [ridge_cv(folds, reverse=r).chosen for r in (False, True)]
+        total = training_moments(folds, None)
+        for k in args.ranks + [None]:
+            for m in maps_from_moments(total, ridge=lams, both=True, rank=k):
+                pred = heads[m.dst].predict(np.asarray(m.apply(val[m.src]), np.float32))
+                acc, agree = float((pred == labels).mean()), float((pred == own[m.dst]).mean())
+                records.append({"images": len(images), "rows": int(sel.sum()), "method": f"rank {k or 'full'}",
+                                "map": m.name, "accuracy": acc, "agreement": agree, "rank": k or min(m.weight.shape)})
+                rank_rows.append((k or "full", m.name, f"{100 * acc:.2f}", f"{100 * agree:.2f}"))
     own_text = ", ".join(f"{n} {100 * float((own[n] == labels).mean()):.2f}%" for n in (args.a, args.b))
     text = (f"{args.title or args.store}: own accuracy on val ({len(labels)} images): {own_text}\n" +
             format_table(["images", "rows", "method", "map", "acc %", "agree %", "loss pp", "s"], rows))
+    if rank_rows:
+        text += "\n\nAccuracy against map rank (ridge-CV λ, all pool images):\n" + format_table(
+            ["rank", "map", "acc %", "agree %"], rank_rows)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(json.dumps(records, indent=2))
@@ -116,7 +134,8 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     fig, axes = new_figure(1, len(maps), figsize=(6.5 * len(maps), 4.5))
     for ax, name in zip(axes[0], maps):
         for method in METHODS:
-            pts = [(r["images"], 100 * r["accuracy"]) for r in records if r["map"] == name and r["method"] == method]
+            pts = [(r["images"], 100 * r["accuracy"]) for r in records if r["map"] == name and r["method"] == method
+                   and "rank" not in r]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
         ax.set_xscale("log")
@@ -126,6 +145,19 @@ def plot(records: list[dict], path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     save_figure(fig, path)
+    ranked = [r for r in records if "rank" in r]
+    if ranked:
+        fig, axes = new_figure(figsize=(6.5, 4.5))
+        ax = axes[0, 0]
+        for name in maps:
+            pts = sorted((r["rank"], 100 * r["accuracy"]) for r in ranked if r["map"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("map rank")
+        ax.set_ylabel("mapped top-1 accuracy on val (%)")
+        ax.set_title(f"{title}: accuracy against rank")
+        ax.legend()
+        save_figure(fig, path.with_name(path.stem + "_rank.png"))
 
 
 if __name__ == "__main__":

@@ -96,13 +96,23 @@ def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both:
 
 def fit_ridge_cv(store: FeatureStore, src: str, dst: str, *, split: str = "train", folds: int = 5,
                  precision: str = "float32", device: str = "auto", both: bool = False, rank: int | None = None,
-                 progress: bool = True) -> list[AffineMap]:
-    """Closed-form maps with λ chosen per direction by K-fold CV over images, from one pass."""
-    from .folds import accumulate_folds, training_moments
+                 progress: bool = True, target_heads: dict[str, Any] | None = None) -> list[AffineMap]:
+    """Closed-form maps with λ chosen per direction by K-fold CV over images, from one pass.
+
+    λ minimises the held-out feature error, computed from the fold moments alone; when
+    ``target_heads`` maps a target network's name to its head, that direction's λ instead
+    maximises held-out top-1 agreement with the target network (one more pass per fold).
+    """
+    from .folds import accumulate_folds, agreement_path, training_moments
 
     fold_moments = accumulate_folds(store, src, dst, k=folds, split=split, precision=precision, device=device,
                                     progress=progress)
     cvs = [ridge_cv(fold_moments, reverse=r) for r in ([False, True] if both else [False])]
+    for cv, reverse in zip(cvs, (False, True)):
+        head = (target_heads or {}).get(src if reverse else dst)
+        if head is not None:
+            cv.choose_by_agreement(agreement_path(store, src, dst, fold_moments, cv.lambdas, head, split=split,
+                                                  reverse=reverse))
     maps = maps_from_moments(training_moments(fold_moments, None), ridge=[cv.chosen for cv in cvs],
                              both=both, rank=rank)
     for mp, cv in zip(maps, cvs):
@@ -166,13 +176,14 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
               ridge: float | str = 0.0, precision: str = "float32", device: str = "auto", both: bool = False,
               adam: AdamOptions | None = None, init: Init = "random", block_rows: int | None = None,
               progress: bool = True, dask_client: Any = None, rank: int | None = None,
-              folds: int = 5) -> list[AffineMap]:
+              folds: int = 5, target_heads: dict[str, Any] | None = None) -> list[AffineMap]:
     """Fit maps between networks ``src`` and ``dst`` of a store, streaming its ``split``.
 
     Returns ``[src→dst]`` or, with ``both``, ``[src→dst, dst→src]``. Maps record the
     source models' hashes from the store's metadata. With ``dask_client`` (a
     ``distributed.Client``) the moments are accumulated on its workers. ``ridge="auto"``
-    chooses λ by ``folds``-fold cross-validation over images; ``rank`` limits the map's rank.
+    chooses λ by ``folds``-fold cross-validation over images (by top-1 agreement where
+    ``target_heads`` has the target's head); ``rank`` limits the map's rank.
     """
     _check_method(method, init)
     if dask_client is not None and method != "lstsq":
@@ -188,7 +199,7 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
     if ridge == "auto" and (method == "lstsq" or init == "lstsq"):
         t0 = time.perf_counter()
         maps = fit_ridge_cv(store, src, dst, split=split, folds=folds, precision=precision, device=device,
-                            both=both, rank=rank, progress=progress)
+                            both=both, rank=rank, progress=progress, target_heads=target_heads)
         for mp in maps:
             mp.stats["accumulate_seconds"] = time.perf_counter() - t0
     elif method == "lstsq" or init == "lstsq":

@@ -318,6 +318,11 @@ def compare(
                                    fit_split=split, eval_split=eval_split, progress=not quiet, dask_client=client,
                                    rank=rank, folds=folds)
         _echo(compare_report(result))
+        for m in maps:
+            if "ridge_cv" in m.stats:
+                cv = m.stats["ridge_cv"]
+                _echo(f"{m.name}: λ = {cv['chosen']:.4g} chosen by {cv['folds']}-fold CV over images "
+                      f"({cv['scored_by']})")
         j, png = write_compare_outputs(result, out, f"{a} vs {b}")
         for m in maps:
             m.save(out / f"{m.src}_to_{m.dst}.npz")

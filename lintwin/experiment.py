@@ -120,7 +120,8 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     labels = _labels(store, eval_split)
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
                        precision=precision, device=device, both=True, adam=adam, init=init,  # type: ignore[arg-type]
-                       progress=progress, dask_client=dask_client, rank=rank, folds=folds)
+                       progress=progress, dask_client=dask_client, rank=rank, folds=folds,
+                       target_heads={a: head_a, b: head_b})
     pred_a = predict_store(store, eval_split, a, head_a)
     pred_b = predict_store(store, eval_split, b, head_b)
     pred_ab = predict_store(store, eval_split, a, head_b, ab, device)

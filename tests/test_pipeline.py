@@ -148,3 +148,28 @@ def test_extract_killed_and_resumed_is_identical(tmp_path, fashion):
     assert FeatureStore.open(killed).ids("train")[:3].tolist() == ["images.npz:0#v0", "images.npz:0#v1",
                                                                     "images.npz:1#v0"]
     assert os.path.getsize(npz) > 0
+
+
+def test_ridge_cv_by_top1_agreement_matches_refitting(store):
+    """With the target's head, λ is chosen by held-out agreement; one value checked by brute force."""
+    from lintwin import fit
+    from lintwin.api import fit_store
+    from lintwin.folds import agreement_path, accumulate_folds, image_folds
+
+    head = Head(BUNDLED_MODELS / f"{NETS[1]}.head.onnx")
+    (m,) = fit_store(store, NETS[0], NETS[1], ridge="auto", folds=3, progress=False,
+                     target_heads={NETS[1]: head})
+    cv = m.stats["ridge_cv"]
+    assert cv["scored_by"] == "top-1 agreement" and len(cv["agreement"]) == len(cv["lambdas"])
+    assert cv["chosen"] in cv["lambdas"]
+    assert cv["agreement"][cv["lambdas"].index(cv["chosen"])] == max(cv["agreement"])
+    folds = accumulate_folds(store, NETS[0], NETS[1], k=3, precision="float64", progress=False)
+    lam = cv["lambdas"][12]
+    got = agreement_path(store, NETS[0], NETS[1], folds, [lam], head)[0]
+    a, b = store.features("train", NETS[0])[:], store.features("train", NETS[1])[:]
+    fold = image_folds(store.ids("train"), len(a), 3)
+    hits = 0
+    for j in range(3):
+        mj = fit(a[fold != j], b[fold != j], ridge=lam, precision="float64")
+        hits += int(np.sum(head.predict(np.asarray(mj.apply(a[fold == j]), np.float32)) == head.predict(b[fold == j])))
+    assert got == pytest.approx(hits / len(a), abs=2.0 / len(a))  # float32 vs float64 maps may flip a near-tie

@@ -20,7 +20,7 @@ import numpy as np
 from .._xp import namespace, to_numpy
 from ..moments import Moments
 
-__all__ = ["RidgeCV", "default_lambdas", "ridge_cv"]
+__all__ = ["RidgeCV", "default_lambdas", "fold_weights", "ridge_cv"]
 
 
 @dataclass
@@ -32,6 +32,15 @@ class RidgeCV:
     cv_error: list[float]
     chosen: float
     folds: int
+    agreement: list[float] | None = None  # held-out top-1 agreement per λ, when a head scored it
+    scored_by: str = "feature error"
+
+    def choose_by_agreement(self, agreement: np.ndarray) -> None:
+        """Re-choose λ by held-out top-1 agreement (ties: the smaller feature error)."""
+        self.agreement = [float(x) for x in agreement]
+        best = np.flatnonzero(agreement == agreement.max())
+        self.chosen = self.lambdas[int(best[np.argmin(np.asarray(self.cv_error)[best])])]
+        self.scored_by = "top-1 agreement"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +51,17 @@ def default_lambdas(cxx: Any, n: int = 25) -> np.ndarray:
     xp = namespace(cxx)
     mean_eig = float(xp.sum(xp.linalg.diagonal(cxx))) / int(cxx.shape[0])
     return mean_eig * np.logspace(-6, 1, n)
+
+
+def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
+    """Yield (λ, W^T, bias) along the ridge path of one fold's training moments (one eigh)."""
+    cxx, cxy, _, mx, my = _blocks(train, reverse)
+    xp = namespace(cxx)
+    evals, V = xp.linalg.eigh(cxx)
+    P = xp.matrix_transpose(V) @ cxy
+    for lam in lambdas:
+        wt = V @ (P / xp.reshape(evals + float(lam), (-1, 1)))
+        yield float(lam), wt, my - xp.sum(wt * xp.reshape(mx, (-1, 1)), axis=0)
 
 
 def _blocks(m: Moments, reverse: bool) -> tuple[Any, Any, Any, Any, Any]:
