@@ -231,7 +231,7 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     ref_name = "scipy" if "maps" in results.get("scipy", {}) else "lintwin64"
     ref = dict(np.load(results[ref_name]["maps"])) if "maps" in results.get(ref_name, {}) else None
     row["reference"] = ref_name if ref is not None else None
-    for name, info in results.items():
+    for info in results.values():
         if "maps" in info:
             for key, (s, d) in (("ab", ("A", "B")), ("ba", ("B", "A"))):
                 info[key] = metrics(info["maps"], store, key, ref, s, d)

@@ -91,7 +91,6 @@ def fit_adam(
     mW, vW = xp.zeros_like(W), xp.zeros_like(W)
     mb, vb = xp.zeros_like(b), xp.zeros_like(b)
     curve = xp.zeros((options.iterations,), dtype=xp.float64)
-    b1, b2 = options.beta1, options.beta2
     bar = tqdm(range(options.iterations), desc=desc, disable=not progress, unit="it", mininterval=0.5)
     for t in bar:
         x, y = next_batch()
