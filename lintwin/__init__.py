@@ -5,7 +5,6 @@ Fit ``M_{A→B}`` so that ``M [F_A(x); 1] ≈ F_B(x)`` (McNeely-White, Beveridge
 """
 
 from .affine import AffineMap
-from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
 from .api import (
     accumulate_arrays,
     accumulate_store,
@@ -16,6 +15,7 @@ from .api import (
     fit_store,
     maps_from_moments,
 )
+from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
 from .metrics import FitMetrics, paper_loss, row_cosine
 from .moments import Moments
 from .solvers import AdamOptions, RankWarning

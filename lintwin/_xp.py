@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from array_api_compat import (
     array_namespace,
-    device as _device,
     is_cupy_namespace,
     is_numpy_namespace,
+)
+from array_api_compat import (
+    device as _device,
 )
 
 __all__ = ["namespace", "device", "to_numpy", "from_numpy", "solve_triangular", "row_spans"]

@@ -72,15 +72,13 @@ def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both:
 
     ``ridge`` is one λ or one per direction; ``rank`` makes each map the best map of that rank.
     """
-    blk = m.blocks()
     src, dst = m.names
-    specs = [(src, dst, blk["aa"], blk["ab"], blk["mean_a"], blk["mean_b"])]
+    specs = [(src, dst, *m.oriented(False))]
     if both:
-        xp = namespace(blk["ab"])
-        specs.append((dst, src, blk["bb"], xp.matrix_transpose(blk["ab"]), blk["mean_b"], blk["mean_a"]))
+        specs.append((dst, src, *m.oriented(True)))
     ridges = [float(ridge)] * 2 if isinstance(ridge, (int, float)) else [float(r) for r in ridge]
     maps = []
-    for (s, d, sxx, sxy, mx, my), lam in zip(specs, ridges):
+    for (s, d, sxx, sxy, _, mx, my), lam in zip(specs, ridges):
         t0 = time.perf_counter()
         w, b, info = solve_affine(sxx, sxy, mx, my, m.n, ridge=lam, label=f"{s}→{d}",
                                   rcond=default_rcond(m.precision) if rcond is None else rcond)

@@ -14,10 +14,9 @@ import typer
 
 from . import api
 from ._gpu import resolve_device
-from .errors import LintwinError
 from .affine import AffineMap
 from .demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
-from .errors import MapFileError
+from .errors import LintwinError, MapFileError
 from .experiment import compare as run_compare
 from .experiment import score as score_store
 from .extract import extract_features
@@ -73,6 +72,13 @@ def _cli_errors() -> Iterator[None]:
 
 def _echo(text: str) -> None:
     typer.echo(text)
+
+
+def _ridge_summary(mp: AffineMap) -> str:
+    """One line on how ``--ridge auto`` chose λ for a map."""
+    cv = mp.stats["ridge_cv"]
+    return (f"{mp.name}: λ = {cv['chosen']:.4g} chosen by {cv['folds']}-fold CV over images ({cv['scored_by']}; "
+            f"held-out relative error {min(cv['cv_error']):.4f})")
 
 
 def _ridge(value: str) -> float | str:
@@ -211,8 +217,7 @@ def solve(
             _echo(f"{mp.name}: {mp.method}, {mp.n_train} training rows, {detail}")
         for mp in maps:
             if "ridge_cv" in mp.stats:
-                _echo(f"{mp.name}: ridge chosen by {folds}-fold CV over images: λ = {mp.options['chosen_ridge']:.4g} "
-                      f"(held-out relative error {min(mp.stats['ridge_cv']['cv_error']):.4f})")
+                _echo(_ridge_summary(mp))
         _echo(f"fit time {fit_seconds:.2f} s (method {method.value}, device {resolve_device(device.value)})")
         if out is not None:
             for mp, path in zip(maps, _map_paths(out, [(m.src, m.dst) for m in maps])):
@@ -320,9 +325,7 @@ def compare(
         _echo(compare_report(result))
         for m in maps:
             if "ridge_cv" in m.stats:
-                cv = m.stats["ridge_cv"]
-                _echo(f"{m.name}: λ = {cv['chosen']:.4g} chosen by {cv['folds']}-fold CV over images "
-                      f"({cv['scored_by']})")
+                _echo(_ridge_summary(m))
         j, png = write_compare_outputs(result, out, f"{a} vs {b}")
         for m in maps:
             m.save(out / f"{m.src}_to_{m.dst}.npz")

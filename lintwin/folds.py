@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from collections.abc import Sequence
-from typing import Any
-
 from ._gpu import resolve_device, to_device
-from ._xp import to_numpy
+from ._xp import row_spans, to_numpy
 from .errors import LintwinError
 from .moments import Moments
 from .store import FeatureStore
@@ -66,8 +65,8 @@ def accumulate_folds_arrays(a: np.ndarray, b: np.ndarray, ids: np.ndarray | None
     """:func:`accumulate_folds` for paired NumPy features in memory (``ids`` give the images)."""
     folds = image_folds(ids, len(a), k, seed)
     out = [Moments(a.shape[1], b.shape[1], names, precision) for _ in range(k)]  # type: ignore[arg-type]
-    for lo in range(0, len(a), 8192):
-        _update_folds(out, a[lo : lo + 8192], b[lo : lo + 8192], folds[lo : lo + 8192], lo, "cpu")
+    for lo, hi in row_spans(len(a), 8192):
+        _update_folds(out, a[lo:hi], b[lo:hi], folds[lo:hi], lo, "cpu")
     return out
 
 

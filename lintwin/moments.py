@@ -127,10 +127,9 @@ class Moments:
         its rank-one offset ``n_c e e^T`` is removed here together with the merge's own
         rank-one term, as one rank-two update, so the d x d float64 array is touched twice.
         """
-        xp_f64 = xp.float64
         if self.n == 0:
             self.n, self.mean, self._xp = n_c, mean_c, xp
-            self.comoment = xp.astype(com_c, xp_f64, copy=True)
+            self.comoment = xp.astype(com_c, xp.float64, copy=True)
             if shift_error is not None:
                 e = shift_error
                 self.comoment -= xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
@@ -162,6 +161,14 @@ class Moments:
             "ab": C[:da, da:],
             "bb": C[da:, da:],
         }
+
+    def oriented(self, reverse: bool = False) -> tuple[Any, Any, Any, Any, Any]:
+        """``(Sxx, Sxy, Syy, mean_x, mean_y)`` for the map a→b, or b→a with ``reverse``."""
+        blk = self.blocks()
+        if reverse:
+            xp = namespace(blk["ab"])
+            return blk["bb"], xp.matrix_transpose(blk["ab"]), blk["aa"], blk["mean_b"], blk["mean_a"]
+        return blk["aa"], blk["ab"], blk["bb"], blk["mean_a"], blk["mean_b"]
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

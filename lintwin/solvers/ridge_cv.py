@@ -53,23 +53,21 @@ def default_lambdas(cxx: Any, n: int = 25) -> np.ndarray:
     return mean_eig * np.logspace(-6, 1, n)
 
 
-def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
-    """Yield (λ, W^T, bias) along the ridge path of one fold's training moments (one eigh)."""
-    cxx, cxy, _, mx, my = _blocks(train, reverse)
+def _eigen_path(train: Moments, reverse: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """One eigendecomposition of the training Sxx: ``(Λ, V, P = V^T Sxy, mean_x, mean_y)``."""
+    cxx, cxy, _, mx, my = train.oriented(reverse)
     xp = namespace(cxx)
     evals, V = xp.linalg.eigh(cxx)
-    P = xp.matrix_transpose(V) @ cxy
+    return evals, V, xp.matrix_transpose(V) @ cxy, mx, my
+
+
+def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
+    """Yield (λ, W^T, bias) along the ridge path of one fold's training moments (one eigh)."""
+    evals, V, P, mx, my = _eigen_path(train, reverse)
+    xp = namespace(V)
     for lam in lambdas:
         wt = V @ (P / xp.reshape(evals + float(lam), (-1, 1)))
         yield float(lam), wt, my - xp.sum(wt * xp.reshape(mx, (-1, 1)), axis=0)
-
-
-def _blocks(m: Moments, reverse: bool) -> tuple[Any, Any, Any, Any, Any]:
-    b = m.blocks()
-    if reverse:
-        xp = namespace(b["ab"])
-        return b["bb"], xp.matrix_transpose(b["ab"]), b["aa"], b["mean_b"], b["mean_a"]
-    return b["aa"], b["ab"], b["bb"], b["mean_a"], b["mean_b"]
 
 
 def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bool) -> tuple[np.ndarray, float]:
@@ -79,12 +77,10 @@ def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bo
     computed once per fold -- Q = V^T Hxy, G = V^T Hxx V, M = P P^T -- so each λ costs
     O(d²) instead of a d³ matrix product.
     """
-    cxx, cxy, _, mx, my = _blocks(train, reverse)
-    hxx, hxy, hyy, nx, ny = _blocks(held, reverse)
-    xp = namespace(cxx)
-    evals, V = xp.linalg.eigh(cxx)
+    evals, V, P, mx, my = _eigen_path(train, reverse)
+    hxx, hxy, hyy, nx, ny = held.oriented(reverse)
+    xp = namespace(V)
     Vt = xp.matrix_transpose(V)
-    P = Vt @ cxy
     r = xp.sum(P * (Vt @ hxy), axis=1)            # tr(W Hxy) = Σ_k r_k d_k
     GM = (Vt @ hxx @ V) * (P @ xp.matrix_transpose(P))  # tr(W Hxx W^T) = d^T (G∘M) d
     dm = Vt @ xp.reshape(nx - mx, (-1, 1))         # mean shift between held-out and training rows
@@ -107,7 +103,7 @@ def ridge_cv(folds: list[Moments], *, reverse: bool = False, lambdas: np.ndarray
     k = len(folds)
     total = training_moments(folds, None)
     if lambdas is None:
-        lambdas = default_lambdas(_blocks(total, reverse)[0])
+        lambdas = default_lambdas(total.oriented(reverse)[0])
     sse = np.zeros(len(lambdas))
     var = 0.0
     for j in range(k):
