@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from lintwin import AdamOptions, FeatureStore, RankWarning, fit
-from lintwin.folds import accumulate_folds_arrays, training_moments
 from lintwin.api import maps_from_moments
+from lintwin.folds import accumulate_folds_arrays
+from lintwin.moments import Moments
 from lintwin.networks import Head
 from lintwin.report import format_table
 from lintwin.solvers import ridge_cv
@@ -40,7 +41,7 @@ def fit_method(method: str, a: np.ndarray, b: np.ndarray, ids: np.ndarray, names
                         adam=AdamOptions(iterations=adam_iterations, batch=min(2048, len(a)))))
     folds = accumulate_folds_arrays(a, b, ids, k=5, names=names)
     lams = [ridge_cv(folds, reverse=r).chosen for r in (False, True)]
-    return maps_from_moments(training_moments(folds, None), ridge=lams, both=True,
+    return maps_from_moments(Moments.merged(folds), ridge=lams, both=True,
                              rank=rank if method == "rank" else None)
 
 
@@ -106,7 +107,7 @@ def main() -> None:
         sel = row_rank < len(images)
         folds = accumulate_folds_arrays(a_all[sel], b_all[sel], ids[sel], k=5, names=(args.a, args.b))
         lams = [ridge_cv(folds, reverse=r).chosen for r in (False, True)]
-        total = training_moments(folds, None)
+        total = Moments.merged(folds)
         for k in args.ranks + [None]:
             for m in maps_from_moments(total, ridge=lams, both=True, rank=k):
                 pred = heads[m.dst].predict(np.asarray(m.apply(val[m.src]), np.float32))

@@ -18,7 +18,8 @@ from .api import (
 from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
 from .metrics import FitMetrics, paper_loss, row_cosine
 from .moments import Moments
-from .solvers import AdamOptions, RankWarning
+from .similarity import Similarity, similarity
+from .solvers import AdamOptions, PrecisionWarning, RankWarning
 from .store import FeatureStore
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
     "ModelError",
     "Moments",
     "NonFiniteError",
+    "PrecisionWarning",
     "RankWarning",
     "ShapeError",
+    "Similarity",
     "StoreError",
     "accumulate_arrays",
     "accumulate_store",
@@ -45,9 +48,10 @@ __all__ = [
     "maps_from_moments",
     "paper_loss",
     "row_cosine",
+    "similarity",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

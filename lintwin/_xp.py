@@ -46,6 +46,11 @@ def to_numpy(x: Any) -> np.ndarray:
         return x.get()
     if is_numpy_namespace(xp):
         return np.asarray(x)
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None:  # e.g. array_api_strict's non-default devices: copy to the default (host) one first
+        home = info().default_device()
+        if _device(x) != home:
+            x = x.to_device(home)
     return np.from_dlpack(x)  # any other array-API library speaks DLPack
 
 

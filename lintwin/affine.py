@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._xp import from_numpy, namespace, to_numpy
+from ._xp import device, from_numpy, namespace, to_numpy
 from .errors import MapFileError, ShapeError
+from .files import atomic_write, jsonable
 
 __all__ = ["AffineMap"]
 
@@ -38,6 +40,11 @@ class AffineMap:
     loss_curve: np.ndarray | None = None
     src_model_sha256: str | None = None
     dst_model_sha256: str | None = None
+    _placed: dict = field(default_factory=dict, repr=False, compare=False)  # weights per (namespace, device, dtype)
+
+    def __repr__(self) -> str:
+        return (f"AffineMap({self.src}→{self.dst}, {self.src_dim}→{self.dst_dim}, method={self.method}, "
+                f"n_train={self.n_train})")
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2 or self.bias.ndim != 1 or self.bias.shape[0] != self.weight.shape[0]:
@@ -66,14 +73,22 @@ class AffineMap:
                 f"got an array of shape {tuple(x.shape)}"
             )
         xp = namespace(x)
-        w, b = self._as(x)
-        dtype = x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float64
-        return xp.astype(x, dtype) @ xp.matrix_transpose(xp.astype(w, dtype)) + xp.astype(b, dtype)
+        if not xp.isdtype(x.dtype, "real floating"):
+            x = xp.astype(x, xp.float64)
+        wt, b = self._placed_like(x)
+        return x @ wt + b
 
-    def _as(self, like: Any) -> tuple[Any, Any]:
-        if namespace(self.weight) is namespace(like):
-            return self.weight, self.bias
-        return from_numpy(to_numpy(self.weight), like), from_numpy(to_numpy(self.bias), like)
+    def _placed_like(self, x: Any) -> tuple[Any, Any]:
+        """``(W^T, b)`` in the namespace, on the device and in the dtype of ``x``, made once and kept."""
+        xp = namespace(x)
+        key = (id(xp), str(device(x)), str(x.dtype))
+        if key not in self._placed:
+            if namespace(self.weight) is xp and str(device(self.weight)) == str(device(x)):
+                w, b = self.weight, self.bias
+            else:
+                w, b = from_numpy(to_numpy(self.weight), x), from_numpy(to_numpy(self.bias), x)
+            self._placed[key] = (xp.matrix_transpose(xp.astype(w, x.dtype)), xp.astype(b, x.dtype))
+        return self._placed[key]
 
     def check_pair(self, src: str, dst: str) -> None:
         """Refuse a map fitted for another pair of networks."""
@@ -82,7 +97,8 @@ class AffineMap:
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write an ``.npz`` file (float64 arrays + a JSON header); no pickle involved."""
+        """Write the map to exactly ``path`` (an ``.npz`` archive whatever its suffix; float64 arrays + a JSON
+        header; no pickle), atomically: a kill leaves the previous file or the complete new one."""
         path = Path(path)
         meta = {
             "format": _FORMAT,
@@ -101,9 +117,8 @@ class AffineMap:
         if self.loss_curve is not None:
             arrays["loss_curve"] = np.asarray(self.loss_curve)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
-        return path
+        header = np.array(json.dumps(meta, default=jsonable))
+        return atomic_write(path, lambda fh: np.savez(fh, meta=header, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> "AffineMap":
@@ -116,12 +131,20 @@ class AffineMap:
                 meta = json.loads(str(z["meta"]))
                 weight, bias = z["weight"], z["bias"]
                 curve = z["loss_curve"] if "loss_curve" in z.files else None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise MapFileError(f"{path} is not a lintwin map file ({exc})") from None
+        except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+            raise MapFileError(f"{path} is not a lintwin map file (unreadable: {type(exc).__name__}: {exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise MapFileError(f"{path} is not a lintwin map file")
-        if weight.shape != (meta["dst_dim"], meta["src_dim"]):
-            raise MapFileError(f"{path}: weight shape {weight.shape} disagrees with its header")
+        missing = [k for k in ("src", "dst", "src_dim", "dst_dim", "method", "options", "n_train", "stats")
+                   if k not in meta]
+        if missing:
+            raise MapFileError(f"{path}: the map's header lacks {', '.join(missing)}")
+        if weight.ndim != 2 or weight.shape != (meta["dst_dim"], meta["src_dim"]) or bias.shape != (meta["dst_dim"],):
+            raise MapFileError(f"{path}: weight {weight.shape} / bias {bias.shape} disagree with its header")
+        if not (np.issubdtype(weight.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
+            raise MapFileError(f"{path}: weights must be floating point, got {weight.dtype} / {bias.dtype}")
+        if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+            raise MapFileError(f"{path}: the map's weights are not all finite (NaN or Inf)")
         return cls(
             weight=weight,
             bias=bias,
@@ -135,11 +158,3 @@ class AffineMap:
             src_model_sha256=meta.get("src_model_sha256"),
             dst_model_sha256=meta.get("dst_model_sha256"),
         )
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)

@@ -38,23 +38,36 @@ def write_compare_outputs(result: CompareResult, out: Path, title: str) -> tuple
 
 
 def compare_report(result: CompareResult) -> str:
-    """Table 1 and both Fig. 5 region lists as text."""
-    parts = [f"Table 1 ({result.images} {result.eval_split} images; maps fitted on {result.fit_split} "
-             f"with {result.method}):", table1_text(result.table), ""]
+    """Table 1 and both Fig. 5 region lists as text (labelled in-sample where the images were fitted on)."""
+    if result.in_sample:
+        head = (f"Table 1, IN-SAMPLE ({result.images} {result.eval_split} images that the maps were also fitted on "
+                f"[{result.fit_split}, {result.method}]; losses are not held-out figures):")
+    else:
+        head = f"Table 1 ({result.images} {result.eval_split} images; maps fitted on {result.fit_split} with {result.method}):"
+    parts = [head, table1_text(result.table), ""]
     for reg in result.regions:
         parts += [regions_text(reg), ""]
     return "\n".join(parts).rstrip()
 
 
+INSTALL_HINT = "apt-get update && apt-get install dataset-fashion-mnist"
+
+
+def fashion_mnist_file(data: Path, part: str) -> Path:
+    """The IDX images file ``part`` (train or t10k) of Fashion-MNIST under ``data``, gzipped or not."""
+    for name in (f"{part}-images-idx3-ubyte.gz", f"{part}-images-idx3-ubyte"):
+        if (data / name).is_file():
+            return data / name
+    raise LintwinError(f"Fashion-MNIST not found under {data} (no {part}-images-idx3-ubyte[.gz]); install the "
+                       f"Debian package with '{INSTALL_HINT}', or pass --data DIR")
+
+
 def run_demo(*, data: Path = DEFAULT_FASHION_MNIST, models: Path = BUNDLED_MODELS, out: Path = Path("runs/demo"),
              method: str = "lstsq", adam: AdamOptions | None = None, train_limit: int | None = None,
-             progress: bool = True, echo=print) -> tuple[CompareResult, DemoPaths]:
+             workers: int | None = None, precision: str = "float32", progress: bool = True,
+             echo=print) -> tuple[CompareResult, DemoPaths]:
     """Extract both bundled networks on Fashion-MNIST train/test, fit both maps, score, report."""
-    train_file = data / "train-images-idx3-ubyte.gz"
-    test_file = data / "t10k-images-idx3-ubyte.gz"
-    if not train_file.is_file() or not test_file.is_file():
-        raise LintwinError(f"Fashion-MNIST not found under {data}; install it with "
-                           "'apt-get install dataset-fashion-mnist' or pass --data DIR")
+    train_file, test_file = (fashion_mnist_file(data, part) for part in ("train", "t10k"))
     specs = [NetworkSpec.for_model(models / f"{n}.json") for n in NETWORKS]
     train = open_images(train_file)
     if train_limit:
@@ -64,12 +77,13 @@ def run_demo(*, data: Path = DEFAULT_FASHION_MNIST, models: Path = BUNDLED_MODEL
     for spec in specs:
         for split, images in (("train", train), ("val", test)):
             s = extract_features(spec.backbone_path, images, store_path, split=split, name=spec.name,
-                                 batch=500, progress=progress)
+                                 batch=500, workers=workers, progress=progress)
             if s.resumed_from:
                 echo(f"resumed {spec.name} {split} at row {s.resumed_from}")
     store = FeatureStore.open(store_path)
     heads = [Head(spec.head_path) for spec in specs]
     result, _ = compare(store, specs[0].name, specs[1].name, heads[0], heads[1], method=method, adam=adam,
+                        precision=precision,
                         progress=progress)
     j, png = write_compare_outputs(result, out, "Fashion-MNIST: residual vs Inception-style network")
     return result, DemoPaths(store_path, j, png)

@@ -7,6 +7,7 @@ C_B(M_{A→B} F_A) and C_A(M_{B→A} F_B). Loss_{B,A} = Acc(C_B(F_B)) − Acc(C_
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from typing import Any
@@ -17,12 +18,66 @@ from ._gpu import resolve_device, to_device
 from ._xp import to_numpy
 from .affine import AffineMap
 from .api import evaluate_store, fit_store
-from .errors import MapFileError, ShapeError, StoreError
-from .networks import Head
+from .bootstrap import bootstrap_table
+from .errors import LintwinError, MapFileError, ModelError, ShapeError, StoreError
+from .networks import Head, NetworkSpec
 from .solvers import AdamOptions
 from .store import FeatureStore
 
-__all__ = ["CompareResult", "Regions", "compare", "predict_store", "score"]
+__all__ = ["CompareResult", "Regions", "check_head", "check_map", "compare", "predict_store", "score"]
+
+
+def _head_owner(head: Head) -> str | None:
+    """The network named by the head's sidecar, if it has one."""
+    try:
+        return NetworkSpec.for_model(head.path).name
+    except LintwinError:
+        return None
+
+
+def _recorded_head(store: FeatureStore, name: str, backbone_sha256: str | None, prefer: str) -> str | None:
+    """The head sha256 recorded at extraction for ``name`` (in ``prefer`` first, then any split)."""
+    for sp in [prefer] + [s for s in store.splits() if s != prefer]:
+        if sp in store.splits() and name in store.networks(sp):
+            info = store.info(sp, name)
+            if info.get("head_sha256") and (backbone_sha256 is None or info.get("model_sha256") == backbone_sha256):
+                return str(info["head_sha256"])
+    return None
+
+
+def check_head(store: FeatureStore, split: str, name: str, head: Head, *, backbone_sha256: str | None = None,
+               dim: int | None = None) -> None:
+    """Refuse a head that is not ``name``'s before scoring with it.
+
+    The head file's sha256 must be the one recorded when ``name``'s features were extracted;
+    where none was recorded (imported features), the head's sidecar must name ``name``. Its
+    input must take ``dim`` features (default: those of ``name`` in ``split``) and its classes
+    must cover the split's labels.
+    """
+    if dim is None:
+        dim = int(store.info(split, name)["dim"])
+    head.check_dim(dim, f"features of {name!r} have")
+    recorded = _recorded_head(store, name, backbone_sha256, split)
+    if recorded is not None and recorded != head.sha256:
+        raise ModelError(f"{head.path.name} is not the head of {name!r}: its sha256 is {head.sha256[:12]}…, the "
+                         f"store records {recorded[:12]}… for {name!r}'s head at extraction")
+    owner = _head_owner(head)
+    if recorded is None and owner is not None and owner != name:
+        raise ModelError(f"{head.path.name} is the head of {owner!r} by its sidecar, not of {name!r}")
+    labels = store.labels(split) if split in store.splits() else None
+    if labels is not None and labels.size and head.classes is not None and int(labels.max()) >= head.classes:
+        raise ModelError(f"{head.path.name} scores {head.classes} classes, split {split!r} has label "
+                         f"{int(labels.max())}")
+
+
+def check_map(store: FeatureStore, split: str, amap: AffineMap) -> None:
+    """Refuse a map whose networks' backbones differ from those that produced the store's features."""
+    for name, sha in ((amap.src, amap.src_model_sha256), (amap.dst, amap.dst_model_sha256)):
+        if sha and name in store.networks(split):
+            got = store.info(split, name).get("model_sha256")
+            if got and got != sha:
+                raise MapFileError(f"map {amap.name} was fitted on features of {name!r} from backbone sha256 "
+                                   f"{sha[:12]}…; split {split!r} holds {name!r} features from {got[:12]}…")
 
 
 def predict_store(store: FeatureStore, split: str, name: str, head: Head, amap: AffineMap | None = None,
@@ -58,8 +113,12 @@ def score(store: FeatureStore, amap: AffineMap, head: Head, split: str = "val", 
     """Accuracy of ``head`` on mapped features, and top-1 agreement with the target network's own predictions."""
     device = resolve_device(device)
     labels = _labels(store, split)
+    check_map(store, split, amap)
+    check_head(store, split, amap.dst, head, backbone_sha256=amap.dst_model_sha256, dim=amap.dst_dim)
+    names = [amap.src] + ([amap.dst] if amap.dst in store.networks(split) else [])
+    store.check_paired(split, names)
     mapped = predict_store(store, split, amap.src, head, amap, device)
-    out: dict[str, Any] = {"map": amap.name, "split": split, "images": int(len(labels)),
+    out: dict[str, Any] = {"map": amap.name, "split": split, "images": len(labels),
                            "correct": int((mapped == labels).sum()), "accuracy": float((mapped == labels).mean())}
     if amap.dst in store.networks(split):
         own = predict_store(store, split, amap.dst, head)
@@ -80,7 +139,7 @@ class Regions:
     broken_by_map: int
 
     @classmethod
-    def from_hits(cls, a: str, b: str, hit_a: np.ndarray, hit_b: np.ndarray, hit_ab: np.ndarray) -> "Regions":
+    def from_hits(cls, a: str, b: str, hit_a: np.ndarray, hit_b: np.ndarray, hit_ab: np.ndarray) -> Regions:
         counts = {}
         for ra, rb, rab in product((True, False), repeat=3):
             key = "".join(["A" if ra else "-", "B" if rb else "-", "M" if rab else "-"])
@@ -100,6 +159,8 @@ class CompareResult:
     regions: list[Regions]
     feature_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     maps: list[dict[str, Any]] = field(default_factory=list)
+    in_sample: bool = False
+    intervals: dict[str, Any] | None = None  # paired bootstrap over evaluation images (lintwin.bootstrap)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,19 +170,36 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
             ridge: float | str = 0.0, precision: str = "float32", device: str = "auto", adam: AdamOptions | None = None,
             init: str = "random", fit_split: str = "train", eval_split: str = "val",
             progress: bool = True, dask_client: Any = None, rank: int | None = None,
-            folds: int = 5) -> tuple[CompareResult, list[AffineMap]]:
-    """Fit M_{A→B} and M_{B→A} on ``fit_split`` and score all four configurations on ``eval_split``."""
+            folds: int = 5, in_sample: bool = False, ridge_criterion: str = "feature-error",
+            bootstrap: int = 2000) -> tuple[CompareResult, list[AffineMap]]:
+    """Fit M_{A→B} and M_{B→A} on ``fit_split`` and score all four configurations on ``eval_split``.
+
+    Everything is checked before fitting: both heads belong to their networks, both splits'
+    arrays are paired row by row, and the evaluation images are held out from the fitting
+    images (or ``in_sample`` says a same-image table is wanted; it is then labelled so).
+    """
     device = resolve_device(device)
+    if a == b:
+        raise LintwinError(f"networks A and B are both {a!r}")
     for name in (a, b):
         for sp in (fit_split, eval_split):
             store.features(sp, name)  # clear errors for unknown/incomplete names and splits
-    head_a.check_dim(int(store.info(eval_split, a)["dim"]), f"features of {a!r} have")
-    head_b.check_dim(int(store.info(eval_split, b)["dim"]), f"features of {b!r} have")
+    for sp in {fit_split, eval_split}:
+        store.check_paired(sp, [a, b])
     labels = _labels(store, eval_split)
+    check_head(store, eval_split, a, head_a)
+    check_head(store, eval_split, b, head_b)
+    if head_a.sha256 == head_b.sha256:
+        raise ModelError(f"the same head file is given for {a!r} and {b!r}")
+    overlap = _overlap(store, fit_split, eval_split)
+    if overlap and not in_sample:
+        what = "the same split" if fit_split == eval_split else f"{overlap} of its images also in {fit_split!r}"
+        raise LintwinError(f"evaluating on {eval_split!r} ({what}) scores the maps on images they were fitted on, "
+                           "an in-sample figure, not the held-out loss; pass --in-sample to do it anyway")
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
                        precision=precision, device=device, both=True, adam=adam, init=init,  # type: ignore[arg-type]
                        progress=progress, dask_client=dask_client, rank=rank, folds=folds,
-                       target_heads={a: head_a, b: head_b})
+                       ridge_criterion=ridge_criterion, target_heads={a: head_a, b: head_b})  # type: ignore[arg-type]
     pred_a = predict_store(store, eval_split, a, head_a)
     pred_b = predict_store(store, eval_split, b, head_b)
     pred_ab = predict_store(store, eval_split, a, head_b, ab, device)
@@ -142,10 +220,32 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     ]
     table[2]["agreement"] = float((pred_ab == pred_b).mean())
     table[3]["agreement"] = float((pred_ba == pred_a).mean())
+    intervals = None
+    if bootstrap:
+        intervals = bootstrap_table({r["description"]: h for r, h in zip(table, (hit["a"], hit["b"], hit["ab"],
+                                                                                 hit["ba"]))}, n_boot=bootstrap)
+        for r in table:
+            ci = intervals["accuracy"][r["description"]]
+            r["percent_ci"] = [ci["low"], ci["high"]]
+            if r["loss"] is not None:
+                ci = intervals["loss"][r["description"]]
+                r["loss_ci"] = [ci["low"], ci["high"]]
     regions = [Regions.from_hits(a, b, hit["a"], hit["b"], hit["ab"]),
                Regions.from_hits(b, a, hit["b"], hit["a"], hit["ba"])]
     metrics = {m.name: evaluate_store(m, store, eval_split, device=device, progress=False) for m in (ab, ba)}
     maps_info = [{"map": m.name, "method": m.method, "n_train": m.n_train, "options": m.options,
                   "stats": m.stats} for m in (ab, ba)]
-    result = CompareResult(a, b, method, fit_split, eval_split, n, table, regions, metrics, maps_info)
+    result = CompareResult(a, b, method, fit_split, eval_split, n, table, regions, metrics, maps_info,
+                           in_sample=bool(overlap), intervals=intervals)
     return result, [ab, ba]
+
+
+def _overlap(store: FeatureStore, fit_split: str, eval_split: str) -> int:
+    """How many evaluation images are among the fitting images (by id, views counted once)."""
+    if fit_split == eval_split:
+        return store.rows(eval_split)
+    fit_ids, eval_ids = store.ids(fit_split), store.ids(eval_split)
+    if fit_ids is None or eval_ids is None:
+        return 0
+    base = {re.sub(r"#v\d+$", "", str(i)) for i in fit_ids}
+    return sum(re.sub(r"#v\d+$", "", str(i)) in base for i in eval_ids)

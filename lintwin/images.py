@@ -1,48 +1,74 @@
 """Image sources and preprocessing: folders (CSV or sub-folder labels), array files, IDX files.
 
 Every source is an ordered list of samples with a label and an id; pixels come out as
-uint8 arrays (H x W x C). Preprocessing follows a network's sidecar (resize, centre crop,
-scale, mean/std, channel order); training views add seeded random resized crops and flips,
-seeded per (image, view) so that any run reproduces the same pixels.
+uint8 arrays (H x W x C). Preprocessing follows a network's sidecar (interpolation, resize
+and centre crop in either order, scale, mean/std, channel order); training views add seeded
+random resized crops and flips, seeded per (image, view) so that any run reproduces the same
+pixels.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from .errors import LintwinError
 
-__all__ = ["ImageSet", "Preprocess", "concat_images", "open_images", "read_idx"]
+__all__ = ["Augment", "ImageSet", "Preprocess", "concat_images", "decode_image", "open_images", "read_idx"]
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (as used by MNIST / Fashion-MNIST), gzipped or not."""
+    """Read an unsigned-byte IDX file (as used by MNIST / Fashion-MNIST), gzipped or not."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except OSError as exc:
+    except (OSError, EOFError) as exc:
         raise LintwinError(f"cannot read IDX file {path}: {exc}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise LintwinError(f"{path} is not an unsigned-byte IDX file")
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise LintwinError(f"{path} is not an unsigned-byte IDX file of 1 to 4 dimensions (bad header)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise LintwinError(f"{path} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise LintwinError(f"{path} is truncated: expected {int(np.prod(shape))} bytes of data, got {arr.size}")
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise LintwinError(f"{path} holds {arr.size} bytes of data, its header {shape} says "
+                           f"{int(np.prod(shape, dtype=np.int64))}")
     return arr.reshape(shape)
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode a whole image file to uint8 H x W x C (C = 1 or 3); 16-bit grey is scaled, not clipped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+                x = np.asarray(im).astype(np.int64)  # 0..65535
+                return ((x + 128) // 257).astype(np.uint8)[..., None]  # round(v * 255 / 65535)
+            if im.mode in ("I", "F"):
+                raise LintwinError(f"{path}: {im.mode}-mode images (32-bit) are not supported; save 8 or 16 bit")
+            if im.mode in ("L", "1"):
+                return np.asarray(im.convert("L"))[..., None]
+            return np.asarray(im.convert("RGB"))
+    except LintwinError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (Pillow raises many types for corrupt or vanished files)
+        raise LintwinError(f"cannot decode {path} ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -63,18 +89,32 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, i: int) -> np.ndarray:
-        """Pixels of image ``i`` as uint8 (H x W x C)."""
+    def source(self, i: int) -> Path | np.ndarray:
+        """What a worker needs to get image ``i``: its file, or its pixels."""
         if self.arrays is not None:
             img = self.arrays[i]
             return img[..., None] if img.ndim == 2 else img
-        from PIL import Image
-
         assert self.files is not None
-        with Image.open(self.files[i]) as im:
-            return np.asarray(im.convert("RGB"))
+        return self.files[i]
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageSet":
+    def load(self, i: int) -> np.ndarray:
+        """Pixels of image ``i`` as uint8 (H x W x C)."""
+        src = self.source(i)
+        return decode_image(src) if isinstance(src, Path) else src
+
+    def sha256(self) -> str:
+        """Hash of what the images are: ids, labels, and file sizes and times (or the pixels)."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.ids).encode())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        if self.arrays is not None:
+            h.update(np.ascontiguousarray(self.arrays).tobytes())
+        for f in self.files or []:
+            st = f.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> ImageSet:
         index = np.asarray(index, dtype=np.int64)
         return ImageSet(
             ids=[self.ids[i] for i in index],
@@ -86,23 +126,29 @@ class ImageSet:
         )
 
 
-def open_images(spec: str | Path, *, labels_csv: str | Path | None = None) -> ImageSet:
+def open_images(spec: str | Path, *, labels_csv: str | Path | None = None, workers: int = 1) -> ImageSet:
     """Open an image source.
 
     - a directory with a CSV of (file, label) -- ``labels_csv``, or ``labels.csv`` inside it,
-      whose label column is ``label`` or ``class_index``;
+      whose label column is ``label`` or ``class_index``; files may lie in sub-folders and
+      their ids are their paths relative to the directory;
     - a directory of class sub-folders (labels are the sorted folder names' indices);
     - an ``.npz`` file with ``images`` (N x H x W [x C], uint8) and ``labels``;
     - an IDX images file (``*-images-idx3-ubyte[.gz]``) with its labels file beside it.
+
+    Files are decoded in full (in ``workers`` processes) to find the ones that cannot be
+    read, such as truncated JPEGs; those are left out and listed in ``skipped``.
     """
     path = Path(spec)
     if not path.exists():
         raise LintwinError(f"no images at {path}")
     if path.is_dir():
         csv_path = Path(labels_csv) if labels_csv else path / "labels.csv"
+        if labels_csv and not csv_path.is_file():
+            raise LintwinError(f"no labels CSV at {csv_path}")
         if csv_path.is_file():
-            return _from_csv(path, csv_path)
-        return _from_subfolders(path)
+            return _from_csv(path, csv_path, workers)
+        return _from_subfolders(path, workers)
     if path.suffix == ".npz":
         return _from_npz(path)
     if "idx3-ubyte" in path.name:
@@ -110,79 +156,131 @@ def open_images(spec: str | Path, *, labels_csv: str | Path | None = None) -> Im
     raise LintwinError(f"{path}: expected an image folder, an .npz of images, or an IDX images file")
 
 
+def _int_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise LintwinError(f"{where}: labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+    return labels.astype(np.int64)
+
+
 def _from_npz(path: Path) -> ImageSet:
-    with np.load(path, allow_pickle=False) as z:
-        if "images" not in z.files:
-            raise LintwinError(f"{path} has no 'images' array (it has {', '.join(z.files)})")
-        images = z["images"]
-        labels = z["labels"] if "labels" in z.files else np.full(len(images), -1)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise LintwinError(f"{path}: images must be uint8 N x H x W [x C], got {images.dtype} {images.shape}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z.files:
+                raise LintwinError(f"{path} has no 'images' array (it has {', '.join(z.files) or 'nothing'})")
+            images = z["images"]
+            labels = z["labels"] if "labels" in z.files else np.full(len(images), -1)
+    except (OSError, ValueError) as exc:
+        raise LintwinError(f"cannot read {path} as an .npz of images ({exc})") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise LintwinError(f"{path}: images must be uint8 N x H x W [x 1|3], got {images.dtype} {images.shape}")
+    labels = _int_labels(labels, str(path))
+    if len(labels) != len(images):
+        raise LintwinError(f"{path} has {len(labels)} labels for {len(images)} images")
     ids = [f"{path.name}:{i}" for i in range(len(images))]
-    return ImageSet(ids, labels.astype(np.int64), arrays=images, description=str(path))
+    return ImageSet(ids, labels, arrays=images, description=str(path))
 
 
 def _from_idx(path: Path) -> ImageSet:
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     images = read_idx(path)
+    if images.ndim != 3:
+        raise LintwinError(f"{path} holds a {images.ndim}-D array; an IDX images file is N x H x W")
     labels = read_idx(labels_path) if labels_path.exists() else np.full(len(images), -1)
-    if len(labels) != len(images):
-        raise LintwinError(f"{labels_path} has {len(labels)} labels for {len(images)} images")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise LintwinError(f"{labels_path} has {labels.shape} labels for {len(images)} images")
     ids = [f"{path.name}:{i}" for i in range(len(images))]
     return ImageSet(ids, labels.astype(np.int64), arrays=images, description=str(path))
 
 
-def _usable(files: list[Path]) -> tuple[list[Path], list[str]]:
-    """Drop files Pillow cannot decode; return (kept, skipped names)."""
+def check_image(path: Path) -> str | None:
+    """Decode ``path`` fully (JPEGs at reduced DCT scale, which still reads all their data); None if fine."""
     from PIL import Image
 
-    kept, skipped = [], []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.verify()
-            kept.append(f)
-        except Exception:  # Pillow raises many types for corrupt or non-image files
-            skipped.append(f.name)
-    return kept, skipped
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+        return None
+    except Exception as exc:  # noqa: BLE001  (Pillow raises many types for corrupt or non-image files)
+        return f"{type(exc).__name__}: {exc}"
 
 
-def _from_csv(root: Path, csv_path: Path) -> ImageSet:
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "file" not in rows[0]:
+def _usable(files: list[Path], ids: list[str], workers: int) -> tuple[list[int], list[str]]:
+    """Indices of the files Pillow decodes in full, and the ids of the others."""
+    if workers > 1 and len(files) > 64:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            problems = list(pool.map(check_image, files, chunksize=32))
+    else:
+        problems = [check_image(f) for f in files]
+    kept = [i for i, p in enumerate(problems) if p is None]
+    return kept, [ids[i] for i, p in enumerate(problems) if p is not None]
+
+
+def _relative_id(root: Path, name: str, where: str) -> str:
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not name.strip():
+        raise LintwinError(f"{where}: file {name!r} must be a path inside {root}")
+    return str(rel)
+
+
+def _from_csv(root: Path, csv_path: Path, workers: int) -> ImageSet:
+    try:
+        with open(csv_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LintwinError(f"cannot read {csv_path} ({exc})") from None
+    key = "label" if "label" in columns else "class_index" if "class_index" in columns else None
+    if "file" not in columns or key is None:
         raise LintwinError(f"{csv_path} needs a 'file' column and a 'label' or 'class_index' column")
-    key = "label" if "label" in rows[0] else "class_index" if "class_index" in rows[0] else None
-    if key is None:
-        raise LintwinError(f"{csv_path} needs a 'label' or 'class_index' column")
-    by_file = {r["file"]: int(r[key]) for r in rows}
-    files = [root / r["file"] for r in rows if (root / r["file"]).is_file()]
-    missing = [r["file"] for r in rows if not (root / r["file"]).is_file()]
-    kept, skipped = _usable(files)
-    return ImageSet([f.name for f in kept], np.array([by_file[f.name] for f in kept], dtype=np.int64),
-                    files=kept, skipped=missing + skipped, description=str(root))
+    ids, labels, seen = [], [], {}
+    for line, r in enumerate(rows, start=2):
+        where = f"{csv_path} line {line}"
+        rid = _relative_id(root, r.get("file") or "", where)
+        value = (r.get(key) or "").strip()
+        try:
+            label = int(value)
+        except ValueError:
+            raise LintwinError(f"{where}: label {value!r} of {rid} is not an integer") from None
+        if rid in seen:
+            raise LintwinError(f"{where}: {rid} is listed twice (also on line {seen[rid]}); ids must be unique")
+        seen[rid] = line
+        ids.append(rid)
+        labels.append(label)
+    if not ids:
+        raise LintwinError(f"{csv_path} lists no images")
+    present = [i for i, rid in enumerate(ids) if (root / rid).is_file()]
+    missing = sorted(set(ids) - {ids[i] for i in present}, key=ids.index)
+    files = [root / ids[i] for i in present]
+    kept, skipped = _usable(files, [ids[i] for i in present], workers)
+    keep = [present[k] for k in kept]
+    return ImageSet([ids[i] for i in keep], np.array([labels[i] for i in keep], dtype=np.int64),
+                    files=[root / ids[i] for i in keep], skipped=missing + skipped, description=str(root))
 
 
-def _from_subfolders(root: Path) -> ImageSet:
+def _from_subfolders(root: Path, workers: int) -> ImageSet:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         files = sorted(f for f in root.iterdir() if f.suffix.lower() in _IMAGE_EXT)
         if not files:
             raise LintwinError(f"{root} holds no images, class folders or labels.csv")
-        kept, skipped = _usable(files)
-        return ImageSet([f.name for f in kept], np.full(len(kept), -1, dtype=np.int64), files=kept,
-                        skipped=skipped, description=str(root))
-    files, labels = [], []
-    for k, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() in _IMAGE_EXT:
-                files.append(f)
-                labels.append(k)
-    kept, skipped = _usable(files)
-    keep = set(kept)
-    lab = [lbl for f, lbl in zip(files, labels) if f in keep]
-    return ImageSet([f"{f.parent.name}/{f.name}" for f in kept], np.array(lab, dtype=np.int64), files=kept,
-                    skipped=skipped, description=str(root))
+        labels = [-1] * len(files)
+    else:
+        files, labels = [], []
+        for k, c in enumerate(classes):
+            for f in sorted((root / c).iterdir()):
+                if f.suffix.lower() in _IMAGE_EXT:
+                    files.append(f)
+                    labels.append(k)
+    ids = [f.relative_to(root).as_posix() for f in files]
+    kept, skipped = _usable(files, ids, workers)
+    return ImageSet([ids[i] for i in kept], np.array([labels[i] for i in kept], dtype=np.int64),
+                    files=[files[i] for i in kept], skipped=skipped, description=str(root))
 
 
 def concat_images(sets: Sequence[ImageSet]) -> ImageSet:
@@ -191,8 +289,11 @@ def concat_images(sets: Sequence[ImageSet]) -> ImageSet:
         return sets[0]
     if any(s.arrays is not None for s in sets):
         raise LintwinError("only image folders can be combined into one pool (not .npz or IDX arrays)")
+    ids = [f"{s.description}/{i}" if len(sets) > 1 else i for s in sets for i in s.ids]
+    if len(set(ids)) != len(ids):
+        raise LintwinError("the same image folder is given twice")
     return ImageSet(
-        ids=[i for s in sets for i in s.ids],
+        ids=ids,
         labels=np.concatenate([s.labels for s in sets]),
         files=[f for s in sets for f in (s.files or [])],
         skipped=[k for s in sets for k in s.skipped],
@@ -200,13 +301,53 @@ def concat_images(sets: Sequence[ImageSet]) -> ImageSet:
     )
 
 
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+_CROPS = ("resize_then_center_crop", "center_crop_then_resize")
+_PREPROCESS_KEYS = {"size", "channels", "resize", "mean", "std", "channel_order", "interpolation", "crop",
+                    "crop_fraction"}
+
+
+def _resample(name: str) -> Any:
+    from PIL import Image
+
+    return getattr(Image.Resampling, name.upper())
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training views: random resized crops (as torchvision's RandomResizedCrop) and horizontal flips.
+
+    ``scale`` bounds the crop's share of the image area, ``ratio`` its aspect (width / height);
+    with ``centre_view`` view 0 of every image is the plain (unaugmented) preprocessing.
+    """
+
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    centre_view: bool = False
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise LintwinError(f"augmentation scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max, got {self.ratio}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """A network's input pipeline, from its sidecar's ``preprocess`` entry.
 
-    Pixels (0..255) are resized (shorter side to ``resize``), centre-cropped to ``size``,
-    converted to ``channels`` (1 = grey, 3 = RGB/BGR by ``channel_order``), then
-    ``(x / 255 - mean) / std`` per channel, in NCHW float32.
+    ``crop`` is ``resize_then_center_crop`` (shorter side resized to ``resize``, then a
+    centre crop of ``size``, as torchvision's Resize + CenterCrop) or
+    ``center_crop_then_resize`` (a centre crop of ``crop_fraction`` of the shorter side with
+    the aspect of ``size``, then resized to ``size``, as TF / timm evaluation pipelines do).
+    Resizing uses Pillow's ``interpolation`` filter. Pixels are converted to ``channels``
+    (1 = grey, 3 = RGB/BGR by ``channel_order``), then ``(x / 255 - mean) / std`` per channel,
+    in NCHW float32. ``size`` is (height, width).
     """
 
     size: tuple[int, int]
@@ -215,55 +356,157 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+    crop: str = "resize_then_center_crop"
+    crop_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if h < 1 or w < 1:
+            raise LintwinError(f"preprocess size must be positive, got {self.size}")
+        if self.channels not in (1, 3):
+            raise LintwinError(f"preprocess channels must be 1 or 3, got {self.channels}")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if len(v) not in (1, self.channels):
+                raise LintwinError(f"preprocess {key} needs 1 or {self.channels} values, got {len(v)}")
+        if any(not s > 0 for s in self.std):
+            raise LintwinError(f"preprocess std must be positive, got {list(self.std)}")
+        if self.channel_order.upper() not in ("RGB", "BGR"):
+            raise LintwinError(f"preprocess channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise LintwinError(f"preprocess interpolation must be one of {', '.join(_INTERPOLATIONS)}, "
+                               f"got {self.interpolation!r}")
+        if self.crop not in _CROPS:
+            raise LintwinError(f"preprocess crop must be one of {', '.join(_CROPS)}, got {self.crop!r}")
+        if self.crop == "center_crop_then_resize":
+            if self.crop_fraction is None or not 0 < self.crop_fraction <= 1:
+                raise LintwinError("crop center_crop_then_resize needs crop_fraction in (0, 1], "
+                                   f"got {self.crop_fraction}")
+            if self.resize is not None:
+                raise LintwinError("crop center_crop_then_resize takes crop_fraction, not resize")
+        elif self.crop_fraction is not None:
+            raise LintwinError("crop_fraction belongs to crop center_crop_then_resize")
+        if self.resize is not None and self.resize < max(self.size):
+            raise LintwinError(f"preprocess resize {self.resize} is smaller than the crop size {list(self.size)}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        return cls(size=tuple(d["size"]), channels=int(d.get("channels", 3)), resize=d.get("resize"),
-                   mean=tuple(d.get("mean", (0.0,))), std=tuple(d.get("std", (1.0,))),
-                   channel_order=d.get("channel_order", "RGB"))
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """From a sidecar's ``preprocess`` entry; unknown keys are refused (a typo would go unseen)."""
+        if not isinstance(d, dict):
+            raise LintwinError(f"preprocess must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - _PREPROCESS_KEYS)
+        if unknown:
+            raise LintwinError(f"unknown preprocess key(s) {', '.join(unknown)} (known: "
+                               f"{', '.join(sorted(_PREPROCESS_KEYS))})")
+        if "size" not in d:
+            raise LintwinError("preprocess needs size [height, width]")
+        try:
+            size = tuple(int(v) for v in d["size"])
+            resize = None if d.get("resize") is None else int(d["resize"])
+            frac = None if d.get("crop_fraction") is None else float(d["crop_fraction"])
+            mean = tuple(float(v) for v in d.get("mean", (0.0,)))
+            std = tuple(float(v) for v in d.get("std", (1.0,)))
+        except (TypeError, ValueError) as exc:
+            raise LintwinError(f"preprocess has a value of the wrong type ({exc})") from None
+        if len(size) != 2:
+            raise LintwinError(f"preprocess size must be [height, width], got {d['size']}")
+        return cls(size=size, channels=int(d.get("channels", 3)), resize=resize, mean=mean,  # type: ignore[arg-type]
+                   std=std, channel_order=str(d.get("channel_order", "RGB")),
+                   interpolation=str(d.get("interpolation", "bilinear")),
+                   crop=str(d.get("crop", "resize_then_center_crop")), crop_fraction=frac)
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """One image (H x W x C uint8) to a (C x h x w) float32 array; ``rng`` adds augmentation."""
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, defaults included (what produced the features)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    # -- geometry ---------------------------------------------------------------------
+    def center_box(self, w: int, h: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """The plain view: ``(resized (w, h) or the image's, crop box (left, top, right, bottom))``.
+
+        For ``resize_then_center_crop`` the box is in the resized image (torchvision's
+        arithmetic: long side ``int(resize * long / short)``, offsets ``round((W - w) / 2)``);
+        for ``center_crop_then_resize`` in the original (TF's arithmetic: crop side
+        ``int(fraction * short)``, offsets ``(W - w + 1) // 2``).
+        """
+        th, tw = self.size
+        if self.crop == "center_crop_then_resize":
+            assert self.crop_fraction is not None
+            if h * tw <= w * th:  # height limits the box
+                ch, cw = int(self.crop_fraction * h), int(self.crop_fraction * h * tw / th)
+            else:
+                cw, ch = int(self.crop_fraction * w), int(self.crop_fraction * w * th / tw)
+            ch, cw = max(ch, 1), max(cw, 1)
+            top, left = (h - ch + 1) // 2, (w - cw + 1) // 2
+            return (w, h), (left, top, left + cw, top + ch)
+        if self.resize:
+            if w <= h:
+                w, h = self.resize, int(self.resize * h / w)
+            else:
+                w, h = int(self.resize * w / h), self.resize
+        top, left = round((h - th) / 2.0), round((w - tw) / 2.0)
+        return (w, h), (left, top, left + tw, top + th)
+
+    def pixels(self, img: np.ndarray, rng: np.random.Generator | None = None,
+               augment: Augment | None = None) -> np.ndarray:
+        """One image (H x W x C uint8) to the network's view as uint8 (h x w x channels)."""
         from PIL import Image
 
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
         pil = pil.convert("L" if self.channels == 1 else "RGB")
         th, tw = self.size
+        filt = _resample(self.interpolation)
         if rng is not None:
-            pil = _random_resized_crop(pil, rng, (tw, th))
-            if rng.random() < 0.5:
+            augment = augment or Augment()
+            box = random_resized_box(pil.size[0], pil.size[1], rng, augment.scale, augment.ratio)
+            pil = pil.crop(box).resize((tw, th), filt)
+            if augment.flip and rng.random() < 0.5:
                 pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
-            if self.resize:
-                w, h = pil.size
-                s = self.resize / min(w, h)
-                pil = pil.resize((max(tw, round(w * s)), max(th, round(h * s))), Image.Resampling.BILINEAR)
-            w, h = pil.size
-            if (w, h) != (tw, th):
-                left, top = (w - tw) // 2, (h - th) // 2
-                pil = pil.crop((left, top, left + tw, top + th))
-        x = np.asarray(pil, dtype=np.float32) / 255.0
-        x = x[None] if x.ndim == 2 else np.transpose(x, (2, 0, 1))
+            size, box = self.center_box(*pil.size)
+            if self.crop == "center_crop_then_resize":
+                pil = pil.crop(box).resize((tw, th), filt)
+            else:
+                if size != pil.size:
+                    pil = pil.resize(size, filt)
+                if box != (0, 0) + pil.size:
+                    pil = pil.crop(box)
+        x = np.asarray(pil, dtype=np.uint8)
+        return x[..., None] if x.ndim == 2 else x
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 views (N x h x w x C) to the network's input (N x C x h x w float32)."""
+        x = np.transpose(batch.astype(np.float32) / np.float32(255.0), (0, 3, 1, 2))
         if self.channels == 3 and self.channel_order.upper() == "BGR":
-            x = x[::-1]
-        mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
-        std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
+            x = x[:, ::-1]
+        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None,
+                 augment: Augment | None = None) -> np.ndarray:
+        """One image (H x W x C uint8) to a (C x h x w) float32 array; ``rng`` adds augmentation."""
+        return self.normalize(self.pixels(img, rng, augment)[None])[0]
 
-def _random_resized_crop(pil: Any, rng: np.random.Generator, out: tuple[int, int],
-                         scale: tuple[float, float] = (0.35, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Any:
-    from PIL import Image
 
-    w, h = pil.size
+def random_resized_box(w: int, h: int, rng: np.random.Generator, scale: tuple[float, float],
+                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params with a NumPy generator: (left, top, right, bottom)."""
     area = w * h
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
     for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
-        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+        cw, ch = round(np.sqrt(target * aspect)), round(np.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            return pil.resize(out, Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return pil.resize(out, Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return left, top, left + cw, top + ch
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, round(w / min(ratio))
+    elif in_ratio > max(ratio):
+        ch, cw = h, round(h * max(ratio))
+    else:
+        cw, ch = w, h
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return left, top, left + cw, top + ch

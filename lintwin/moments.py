@@ -11,6 +11,8 @@ joins the accumulators of shards or workers.
 from __future__ import annotations
 
 import json
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,8 @@ import numpy as np
 
 from ._xp import device, from_numpy, namespace, to_numpy
 from .errors import LintwinError, NonFiniteError, ShapeError
+from .files import atomic_write
+from .kernel_sums import KernelSums
 
 Precision = Literal["float32", "float64"]
 _FORMAT = "lintwin.moments/1"
@@ -59,7 +63,12 @@ class Moments:
 
     ``precision="float32"`` multiplies shifted float32 blocks and sums in float64;
     ``"float64"`` does every product in float64. The arrays live in the namespace and on
-    the device of the first chunk (NumPy, CuPy, ...).
+    the device of the first chunk (NumPy, CuPy, ...). ``kernel=True`` also keeps the
+    row-norm sums of :class:`~lintwin.kernel_sums.KernelSums` (for debiased CKA).
+
+    NaN/Inf are not looked for chunk by chunk (that would sync the device every chunk):
+    they propagate into the column sums, and :meth:`check_finite` (called by :meth:`blocks`)
+    refuses them once, at the end.
     """
 
     dim_a: int
@@ -69,18 +78,24 @@ class Moments:
     n: int = 0
     mean: Any = None
     comoment: Any = None
+    kernel: KernelSums | None = None
     _xp: Any = field(default=None, repr=False)
+    _owned: bool = field(default=False, repr=False)  # True when ``comoment`` may be updated in place
 
     def __post_init__(self) -> None:
         if self.precision not in ("float32", "float64"):
             raise LintwinError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
         self.names = tuple(self.names)  # type: ignore[assignment]
+        if self.kernel is True:  # type: ignore[comparison-overlap]
+            self.kernel = KernelSums(self.dim_a, self.dim_b)
+        elif self.kernel is False:  # type: ignore[comparison-overlap]
+            self.kernel = None
 
     @classmethod
     def from_parts(cls, dim_a: int, dim_b: int, names: tuple[str, str], precision: Precision, n: int,
-                   mean: Any, comoment: Any) -> "Moments":
+                   mean: Any, comoment: Any, kernel: KernelSums | None = None) -> "Moments":
         """An accumulator holding already-computed moments (``n`` rows, float64 mean and co-moment)."""
-        m = cls(dim_a, dim_b, names, precision)
+        m = cls(dim_a, dim_b, names, precision, kernel=kernel)
         if n:
             m.n, m.mean, m.comoment, m._xp = int(n), mean, comoment, namespace(mean)
         return m
@@ -90,8 +105,8 @@ class Moments:
         return self.dim_a + self.dim_b
 
     # -- accumulation ---------------------------------------------------------------
-    def update(self, a: Any, b: Any, *, row_offset: int = 0, check: bool = True) -> "Moments":
-        """Add a chunk of paired rows. ``row_offset`` only improves error messages."""
+    def update(self, a: Any, b: Any) -> "Moments":
+        """Add a chunk of paired rows (no device sync: NaN/Inf are caught by :meth:`check_finite`)."""
         check_pair(a, b, self.names)
         for x, d, name in ((a, self.dim_a, self.names[0]), (b, self.dim_b, self.names[1])):
             if x.shape[1] != d:
@@ -99,59 +114,125 @@ class Moments:
         if a.shape[0] == 0:
             return self
         xp = namespace(a, b)
-        if check:
-            check_finite(a, self.names[0], row_offset, xp)
-            check_finite(b, self.names[1], row_offset, xp)
+        if self._xp is not None and self._xp is not xp:
+            self._move_like(a)  # e.g. loaded from disk (NumPy), continued with CuPy chunks
         n_c, mean_c, gram, e = _chunk_moments(a, b, self.precision, xp)
         self._combine(n_c, mean_c, gram, xp, shift_error=e)
+        if self.kernel is not None:
+            self.kernel.update(a, b)
         return self
 
     def merge(self, other: "Moments") -> "Moments":
-        """Fold another accumulator (another shard, fold or worker) into this one."""
-        if (other.dim_a, other.dim_b) != (self.dim_a, self.dim_b):
-            raise ShapeError(
-                f"cannot merge moments of dims {other.dim_a}+{other.dim_b} into {self.dim_a}+{self.dim_b}"
-            )
+        """Fold another accumulator (another shard, fold or worker) into this one.
+
+        Shards must be of the same pair of networks; a shard accumulated with the two
+        networks swapped is reoriented, anything else is refused. ``other`` is not changed.
+        """
+        other = self._aligned(other)
+        if (self.kernel is None) != (other.kernel is None) and other.n and self.n:
+            raise LintwinError("cannot merge moments with and without kernel sums (debiased CKA needs them in both)")
         if other.n == 0:
             return self
+        if other.precision == "float32":
+            self.precision = "float32"  # the merged moments are only as precise as their coarsest part
         mean, com = other.mean, other.comoment
         if self._xp is not None and namespace(mean) is not self._xp:
             mean, com = from_numpy(to_numpy(mean), self.mean), from_numpy(to_numpy(com), self.mean)
+        if self.n == 0 and other.kernel is not None and self.kernel is None:
+            self.kernel = KernelSums(self.dim_a, self.dim_b)
         self._combine(other.n, mean, com, namespace(mean))
+        if self.kernel is not None and other.kernel is not None:
+            self.kernel.merge(other.kernel)
         return self
 
+    def _aligned(self, other: "Moments") -> "Moments":
+        """``other`` in this accumulator's orientation, or a refusal."""
+        if tuple(other.names) == tuple(self.names) and (other.dim_a, other.dim_b) == (self.dim_a, self.dim_b):
+            return other
+        if tuple(other.names) == tuple(self.names[::-1]) and self.names[0] != self.names[1] \
+                and (other.dim_b, other.dim_a) == (self.dim_a, self.dim_b):
+            return other.swapped()
+        if (other.dim_a, other.dim_b) != (self.dim_a, self.dim_b):
+            raise ShapeError(f"cannot merge moments of dims {other.dim_a}+{other.dim_b} into {self.dim_a}+{self.dim_b}")
+        raise ShapeError(f"cannot merge moments of {other.names[0]}+{other.names[1]} into "
+                         f"{self.names[0]}+{self.names[1]}: they are of other networks")
+
+    def swapped(self) -> "Moments":
+        """The same moments with the roles of a and b exchanged (a new accumulator)."""
+        out = Moments(self.dim_b, self.dim_a, (self.names[1], self.names[0]), self.precision)
+        if self.n:
+            xp = namespace(self.mean)
+            da = self.dim_a
+            mean = xp.concat([self.mean[da:], self.mean[:da]])
+            C = self.comoment
+            top = xp.concat([C[da:, da:], C[da:, :da]], axis=1)
+            bottom = xp.concat([C[:da, da:], C[:da, :da]], axis=1)
+            out.n, out.mean, out.comoment, out._xp = self.n, mean, xp.concat([top, bottom], axis=0), xp
+        out.kernel = self.kernel.swapped() if self.kernel is not None else None
+        return out
+
+    def _move_like(self, like: Any) -> None:
+        """Move the running state into the namespace and onto the device of ``like``."""
+        self.mean = from_numpy(to_numpy(self.mean), like)
+        self.comoment = from_numpy(to_numpy(self.comoment), like)
+        self._xp, self._owned = namespace(like), True
+
     def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any, shift_error: Any = None) -> None:
-        """Pairwise (Chan et al.) update, adding into ``self.comoment`` in place.
+        """Pairwise (Chan et al.) update into a new co-moment array (inputs are never modified).
 
         ``com_c`` may be a float32 product of rows shifted by ``mean_c - shift_error``;
         its rank-one offset ``n_c e e^T`` is removed here together with the merge's own
-        rank-one term, as one rank-two update, so the d x d float64 array is touched twice.
+        rank-one term, as one rank-two update.
         """
         if self.n == 0:
             self.n, self.mean, self._xp = n_c, mean_c, xp
-            self.comoment = xp.astype(com_c, xp.float64, copy=True)
+            com = xp.astype(com_c, xp.float64, copy=True)
             if shift_error is not None:
                 e = shift_error
-                self.comoment -= xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
+                com = com - xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
+            self.comoment, self._owned = com, True
             return
         n = self.n + n_c
         delta = mean_c - self.mean
         weight = self.n * n_c / n
         self.mean = self.mean + delta * (n_c / n)
-        self.comoment += com_c  # float32 products are promoted, without a float64 copy
         if shift_error is None:
-            self.comoment += xp.reshape(delta, (-1, 1)) * xp.reshape(delta * weight, (1, -1))
+            self.comoment = self.comoment + com_c + xp.reshape(delta, (-1, 1)) * xp.reshape(delta * weight, (1, -1))
         else:
+            # Per-chunk updates add in place (float32 products are promoted without a float64
+            # copy), but only into an array this accumulator made itself.
+            if not self._owned:
+                self.comoment = xp.astype(self.comoment, xp.float64, copy=True)
+            self.comoment += com_c
             left = xp.stack([delta * weight, shift_error * (-n_c)], axis=1)
             right = xp.stack([delta, shift_error], axis=0)
             self.comoment += left @ right
-        self.n = n
+        self.n, self._owned = n, True
 
-    # -- views ----------------------------------------------------------------------
+    # -- checks and views -----------------------------------------------------------
+    def is_finite(self) -> bool:
+        """True when no NaN/Inf reached the moments (one device sync)."""
+        if self.n == 0:
+            return True
+        xp = namespace(self.mean)
+        return bool(xp.all(xp.isfinite(self.mean)) & xp.all(xp.isfinite(xp.linalg.diagonal(self.comoment))))
+
+    def check_finite(self) -> None:
+        """Refuse moments that NaN/Inf features (or float32 overflow) reached."""
+        if self.is_finite():
+            return
+        xp = namespace(self.mean)
+        if bool(xp.all(xp.isfinite(self.mean))):
+            raise NonFiniteError(
+                f"features of {self.names[0]}/{self.names[1]} are too large for {self.precision} products "
+                "(their squares overflow); use --precision float64 or rescale the features")
+        raise NonFiniteError(f"NaN or Inf in features of {self.names[0]} or {self.names[1]}")
+
     def blocks(self) -> dict[str, Any]:
         """Means and co-moment blocks: mean_a, mean_b, aa, ab, bb (float64 sums, not averages)."""
         if self.n == 0:
             raise LintwinError("no rows were accumulated: the training split is empty")
+        self.check_finite()
         da = self.dim_a
         C = self.comoment
         return {
@@ -172,7 +253,7 @@ class Moments:
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write to ``.npz`` (no pickle): arrays plus a JSON header."""
+        """Write to ``.npz`` (no pickle): arrays plus a JSON header, atomically (temporary file, rename)."""
         path = Path(path)
         meta = {
             "format": _FORMAT,
@@ -181,26 +262,45 @@ class Moments:
             "names": list(self.names),
             "precision": self.precision,
             "n": self.n,
+            "kernel": self.kernel is not None,
         }
         d = self.dim
-        mean = to_numpy(self.mean) if self.n else np.zeros(d)
-        com = to_numpy(self.comoment) if self.n else np.zeros((d, d))
-        with open(path, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), mean=mean, comoment=com)
+        arrays = {"meta": np.array(json.dumps(meta)),
+                  "mean": to_numpy(self.mean) if self.n else np.zeros(d),
+                  "comoment": to_numpy(self.comoment) if self.n else np.zeros((d, d))}
+        if self.kernel is not None:
+            arrays |= self.kernel.to_arrays()
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Moments":
+        """Read moments written by :meth:`save` (refuses other or damaged files)."""
         try:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 mean, com = z["mean"], z["comoment"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise LintwinError(f"{path}: not a lintwin moments file ({exc})") from None
+                kernel = KernelSums.from_arrays(meta["dim_a"], meta["dim_b"], z) if meta.get("kernel") else None
+                m = cls.from_parts(int(meta["dim_a"]), int(meta["dim_b"]), tuple(meta["names"]), meta["precision"],
+                                   int(meta["n"]), mean, com, kernel=kernel)
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+            raise LintwinError(f"{path}: not a readable lintwin moments file ({type(exc).__name__}: {exc})") from None
         if meta.get("format") != _FORMAT:
             raise LintwinError(f"{path}: not a lintwin moments file (format {meta.get('format')!r})")
-        return cls.from_parts(meta["dim_a"], meta["dim_b"], tuple(meta["names"]), meta["precision"], meta["n"],
-                              mean, com)
+        d = m.dim
+        if m.n and (mean.shape != (d,) or com.shape != (d, d)):
+            raise LintwinError(f"{path}: arrays disagree with the header's dimensions")
+        return m
+
+    @classmethod
+    def merged(cls, parts: Sequence["Moments"], exclude: int | None = None) -> "Moments":
+        """A new accumulator: the merge of ``parts`` except the one at index ``exclude`` (CV folds)."""
+        first = parts[0]
+        m = cls(first.dim_a, first.dim_b, first.names, first.precision)
+        for j, part in enumerate(parts):
+            if j != exclude:
+                m.merge(part)
+        return m
 
 
 def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any, Any]:

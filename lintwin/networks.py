@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, ShapeError
+from .errors import LintwinError, ModelError, ShapeError
 from .images import Preprocess
 
 __all__ = ["Backbone", "Head", "NetworkSpec", "file_sha256"]
+
+_SIDECAR_KEYS = {"name", "backbone", "head", "feature_dim", "classes", "preprocess", "class_names", "trained_on",
+                 "test_accuracy", "notes"}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -41,7 +44,7 @@ def _session(path: Path) -> Any:
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for bad files)
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
@@ -59,7 +62,7 @@ class NetworkSpec:
     raw: dict
 
     @classmethod
-    def for_model(cls, onnx_path: str | Path, sidecar: str | Path | None = None) -> "NetworkSpec":
+    def for_model(cls, onnx_path: str | Path, sidecar: str | Path | None = None) -> NetworkSpec:
         """Read the sidecar of ``NAME.backbone.onnx`` / ``NAME.head.onnx`` (``NAME.json``), or ``sidecar``.
 
         ``onnx_path`` may also be the sidecar itself.
@@ -79,11 +82,25 @@ class NetworkSpec:
             raise ModelError(f"no sidecar {sidecar} describing {onnx_path.name} (name, feature_dim, preprocess)")
         try:
             d = json.loads(sidecar.read_text())
-            return cls(name=d["name"], root=sidecar.parent, backbone_file=d["backbone"], head_file=d["head"],
-                       feature_dim=int(d["feature_dim"]), classes=int(d["classes"]),
+            if not isinstance(d, dict):
+                raise TypeError("the sidecar must be a JSON object")
+            unknown = sorted(set(d) - _SIDECAR_KEYS)
+            if unknown:
+                raise KeyError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_SIDECAR_KEYS))})")
+            spec = cls(name=str(d["name"]), root=sidecar.parent, backbone_file=str(d["backbone"]),
+                       head_file=str(d["head"]), feature_dim=int(d["feature_dim"]), classes=int(d["classes"]),
                        preprocess=Preprocess.from_dict(d["preprocess"]), raw=d)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"{sidecar} is not a valid network sidecar ({type(exc).__name__}: {exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, LintwinError) as exc:
+            what = f"missing key {exc}" if type(exc) is KeyError and "unknown" not in str(exc) else str(exc).strip("'\"")
+            raise ModelError(f"{sidecar} is not a valid network sidecar ({what})") from None
+        if spec.feature_dim < 1 or spec.classes < 1:
+            raise ModelError(f"{sidecar}: feature_dim and classes must be positive")
+        return spec
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the sidecar as parsed (what the features depend on: its preprocessing)."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
 
     @property
     def backbone_path(self) -> Path:
@@ -102,14 +119,24 @@ class _Runner:
         if len(inputs) != 1 or not outputs:
             raise ModelError(f"{self.path} must have one input and at least one output")
         self.input_name = inputs[0].name
-        self.input_shape = inputs[0].shape
+        self.input_shape = list(inputs[0].shape)
+        self.output_shape = list(outputs[0].shape)
 
     @cached_property
     def sha256(self) -> str:
         return file_sha256(self.path)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0])
+        try:
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types for bad inputs)
+            raise ModelError(f"{self.path.name} cannot run on input of shape {tuple(x.shape)} "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        return np.asarray(out)
+
+
+def _dims(shape: list) -> str:
+    return " x ".join(str(d) if isinstance(d, int) else "N" if i == 0 else "?" for i, d in enumerate(shape))
 
 
 class Backbone(_Runner):
@@ -119,6 +146,27 @@ class Backbone(_Runner):
         out = self._run(images)
         return out.reshape(out.shape[0], -1)
 
+    def check(self, spec: NetworkSpec, sample: np.ndarray) -> None:
+        """Refuse a model that does not take the sidecar's images or give its feature dimension.
+
+        ``sample`` is one preprocessed image (C x H x W); the backbone runs on it once, so a
+        head given as a backbone, or a sidecar with the wrong channels, size or feature_dim,
+        is refused before any work.
+        """
+        name = self.path.name
+        if len(self.input_shape) != 4:
+            hint = " (it looks like a head: it takes feature vectors)" if len(self.input_shape) == 2 else ""
+            raise ModelError(f"{name} takes {_dims(self.input_shape)} input, not images N x C x H x W{hint}")
+        want = (spec.preprocess.channels, *spec.preprocess.size)
+        for axis, (got, need) in enumerate(zip(self.input_shape[1:], want, strict=True)):
+            if isinstance(got, int) and got != need:
+                raise ModelError(f"{name} takes images of {_dims(self.input_shape)}, the sidecar's preprocessing "
+                                 f"gives {' x '.join(map(str, want))} ({('channels', 'height', 'width')[axis]} differ)")
+        out = self(sample[None])
+        if out.shape != (1, spec.feature_dim):
+            raise ModelError(f"{name} gives {out.shape[1]}-dim features per image, its sidecar says "
+                             f"{spec.feature_dim}")
+
 
 class Head(_Runner):
     """Features (N x dim) -> logits (N x classes); refuses features of the wrong dimension."""
@@ -127,6 +175,20 @@ class Head(_Runner):
     def feature_dim(self) -> int | None:
         d = self.input_shape[-1] if self.input_shape else None
         return d if isinstance(d, int) else None
+
+    @property
+    def classes(self) -> int | None:
+        d = self.output_shape[-1] if len(self.output_shape) == 2 else None
+        return d if isinstance(d, int) else None
+
+    def check(self, spec: NetworkSpec) -> None:
+        """Refuse a head that does not take the sidecar's features or give its classes."""
+        if len(self.input_shape) != 2:
+            raise ModelError(f"{self.path.name} takes {_dims(self.input_shape)} input; a head takes features N x dim")
+        self.check_dim(spec.feature_dim, f"{spec.name}'s sidecar says")
+        if self.classes is not None and self.classes != spec.classes:
+            raise ModelError(f"head {self.path.name} gives {self.classes} classes, {spec.name}'s sidecar says "
+                             f"{spec.classes}")
 
     def check_dim(self, dim: int, what: str) -> None:
         if self.feature_dim is not None and dim != self.feature_dim:

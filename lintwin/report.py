@@ -86,12 +86,21 @@ def plot_loss_curve(curves: dict[str, np.ndarray], path: str | Path, *, referenc
 
 
 def table1_text(table: Sequence[dict]) -> str:
-    """The paper's Table 1 layout: description, mapping, correct, percent, loss."""
+    """The paper's Table 1 layout: description, mapping, correct, percent, loss (with 95% intervals if known)."""
+    with_ci = any("percent_ci" in r for r in table)
     rows = []
     for r in table:
         loss = "" if r["loss"] is None else f"{r['loss']:+.2f}"
-        rows.append((r["description"], r["mapping"], r["correct"], f"{r['percent']:.2f}%", loss))
-    return format_table(["description", "mapping", "correct", "percent", "loss (pp)"], rows)
+        row = [r["description"], r["mapping"], r["correct"], f"{r['percent']:.2f}%", loss]
+        if with_ci:
+            lo, hi = r["percent_ci"]
+            row.insert(4, f"[{lo:.2f}, {hi:.2f}]")
+            row.append("" if r["loss"] is None else "[{:+.2f}, {:+.2f}]".format(*r["loss_ci"]))
+        rows.append(tuple(row))
+    headers = ["description", "mapping", "correct", "percent", "loss (pp)"]
+    if with_ci:
+        headers = headers[:4] + ["95% CI"] + headers[4:] + ["95% CI (pp)"]
+    return format_table(headers, rows)
 
 
 def region_labels(a: str, b: str) -> dict[str, str]:
@@ -150,15 +159,19 @@ def plot_regions(regions: Sequence[Regions], path: str | Path, title: str = "") 
 
 
 def plot_ridge_cv(cv: dict, path: str | Path) -> Path:
-    """The K-fold CV curve of a ridge search (held-out relative error against λ), chosen λ marked."""
+    """The K-fold CV curve that decided λ (held-out feature error, or top-1 agreement), chosen λ marked."""
     fig, axes = new_figure(figsize=(6.5, 4))
     ax = axes[0, 0]
-    ax.plot(cv["lambdas"], cv["cv_error"], marker="o", markersize=3)
+    by_agreement = cv.get("scored_by") == "top-1 agreement" and cv.get("agreement")
+    values = [100 * a for a in cv["agreement"]] if by_agreement else cv["cv_error"]
+    ax.plot(cv["lambdas"], values, marker="o", markersize=3)
     ax.axvline(cv["chosen"], color="gray", linestyle="--", linewidth=1)
-    ax.annotate(f"λ = {cv['chosen']:.3g}", (cv["chosen"], min(cv["cv_error"])), textcoords="offset points",
-                xytext=(5, 8), fontsize=9)
+    chosen = values[cv["lambdas"].index(cv["chosen"])]
+    ax.annotate(f"λ = {cv['chosen']:.3g}", (cv["chosen"], chosen), textcoords="offset points", xytext=(5, 8),
+                fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("ridge λ")
-    ax.set_ylabel("held-out SSE / held-out variance")
-    ax.set_title(f"{cv['direction']}: {cv['folds']}-fold CV over images")
+    ax.set_ylabel("held-out top-1 agreement with the target (%)" if by_agreement
+                  else "held-out SSE / held-out variance")
+    ax.set_title(f"{cv['direction']}: {cv['folds']}-fold CV over images, criterion {cv.get('scored_by')}")
     return save_figure(fig, path)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ._xp import row_spans
-from .store import FeatureStore, default_chunk_rows
+from .errors import LintwinError, ShapeError
+from .store import FeatureStore, check_name, default_chunk_rows
 
 __all__ = ["SyntheticPair", "write_synthetic_store"]
 
@@ -65,21 +66,40 @@ class SyntheticPair:
 
 def write_synthetic_store(path: str | Path, *, train: int, val: int = 0, dim_a: int = 512, dim_b: int = 384,
                           names: tuple[str, str] = ("A", "B"), latent: int | None = None, noise: float = 0.3,
-                          seed: int = 0, chunk_rows: int | None = None) -> FeatureStore:
-    """Write a train (and val) split of synthetic paired features, block by block."""
+                          seed: int = 0, chunk_rows: int | None = None, overwrite: bool = False) -> FeatureStore:
+    """Write a train (and val) split of synthetic paired features, block by block.
+
+    Existing networks of the same names are replaced only with ``overwrite``, as for an import.
+    """
+    for nm in names:
+        check_name(nm, "network")
+    if names[0] == names[1]:
+        raise LintwinError(f"the two networks need different names, got {names[0]!r} twice")
+    if train <= 0 or val < 0 or dim_a <= 0 or dim_b <= 0:
+        raise ShapeError("synthetic features need train >= 1, val >= 0 and dimensions >= 1")
+    splits = [(split, rows) for split, rows in (("train", train), ("val", val)) if rows > 0]
+    if not overwrite and (Path(path) / "zarr.json").exists():
+        existing = FeatureStore.open(path)
+        taken = [f"{nm} [{sp}]" for sp, _ in splits for nm in names
+                 if existing.has(sp, nm) and existing.info(sp, nm)["rows_written"] == existing.info(sp, nm)["rows"]]
+        if taken:
+            raise LintwinError(f"{path} already holds features of {', '.join(taken)}; pass --overwrite to replace them")
     store = FeatureStore.create(path)
     gen = SyntheticPair(dim_a, dim_b, latent=latent, noise=noise, seed=seed)
     offset = 0
-    for split, rows in (("train", train), ("val", val)):
-        if rows <= 0:
-            continue
-        arrs = [store.open_features_for_write(split, nm, rows=rows, dim=d, chunk_rows=chunk_rows,
-                                              source=f"synthetic(seed={seed})", overwrite=True)
-                for nm, d in zip(names, (dim_a, dim_b))]
-        step = chunk_rows or default_chunk_rows(max(dim_a, dim_b))
-        for lo, hi in row_spans(rows, step):
-            a, b = gen.block(offset + lo, hi - lo)
-            FeatureStore.write_rows(arrs[0], lo, a)
-            FeatureStore.write_rows(arrs[1], lo, b)
-        offset += rows
+    try:
+        for split, rows in splits:
+            source = f"synthetic(seed={seed}, latent={gen.latent}, noise={noise})"
+            identity = f"{source} rows {offset}..{offset + rows - 1}"
+            arrs = [store.open_features_for_write(split, nm, rows=rows, dim=d, chunk_rows=chunk_rows, source=source,
+                                                  overwrite=True, rows_identity=identity)
+                    for nm, d in zip(names, (dim_a, dim_b))]
+            step = chunk_rows or default_chunk_rows(max(dim_a, dim_b))
+            for lo, hi in row_spans(rows, step):
+                a, b = gen.block(offset + lo, hi - lo)
+                FeatureStore.write_rows(arrs[0], lo, a)
+                FeatureStore.write_rows(arrs[1], lo, b)
+            offset += rows
+    finally:
+        store.close()
     return store

@@ -1,16 +1,28 @@
-"""Train and export the two small Fashion-MNIST networks that ship with lintwin.
+"""Train and export the small Fashion-MNIST networks that ship with lintwin.
 
 Two architecture families, as in the paper's Inception/ResNet comparison:
 - ``fmnist-resnet``: residual blocks with identity shortcuts, 128-dim pooled features;
 - ``fmnist-inception``: Inception-style modules (parallel 1x1 / 3x3 / double-3x3 / pool
-  branches, concatenated), 160-dim pooled features.
+  branches, concatenated), 160-dim pooled features;
+
+and four more for many-network studies (``lintwin study``), as in the follow-up paper:
+- ``fmnist-vgg``: plain stacked 3x3 convolutions and max pooling, 96-dim pooled features;
+- ``fmnist-mobilenet``: depthwise-separable convolutions (MobileNet v1 style), 128-dim;
+- ``fmnist-mlp``: no convolutions at all, two hidden layers, 64-dim features;
+- ``fmnist-resnet-s1``: ``fmnist-resnet``'s architecture trained again from another seed,
+  the same-architecture reference.
 
 Each is exported as ``NAME.backbone.onnx`` (image -> pooled post-ReLU features),
 ``NAME.head.onnx`` (features -> logits) and ``NAME.json`` (preprocessing, class count,
 test accuracy), and the composition is checked against the PyTorch model.
 
     pip install torch==2.13.0 onnx      # CPU build
-    python models/fashion_nets.py [--data /usr/share/datasets/fashion-mnist] [--epochs 3]
+    python models/fashion_nets.py [--data /usr/share/datasets/fashion-mnist] [--only NAME ...] [--overwrite]
+
+Networks whose files already exist are skipped unless ``--overwrite`` is given, so the
+committed ONNX files stay exactly as they are when new networks are added. On a busy machine
+run with ``OMP_NUM_THREADS=1``: PyTorch's spinning worker threads slow training tenfold when
+the cores are shared.
 """
 
 from __future__ import annotations
@@ -99,6 +111,61 @@ class InceptionBackbone(nn.Module):
         return self.body(x)
 
 
+class VGGBackbone(nn.Module):
+    """Plain stacked 3x3 convolutions with max pooling, no shortcuts and no branches."""
+
+    dim = 96
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(1, 32), conv_bn(32, 32), nn.MaxPool2d(2),      # 14x14
+            conv_bn(32, 64), conv_bn(64, 64), nn.MaxPool2d(2),     # 7x7
+            conv_bn(64, self.dim),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def separable(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 convolution followed by a pointwise 1x1 convolution (MobileNet v1)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        conv_bn(cin, cout, 1),
+    )
+
+
+class MobileNetBackbone(nn.Module):
+    dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn(1, 16, 3, 2), separable(16, 32),               # 14x14
+            separable(32, 64, 2), separable(64, self.dim),         # 7x7
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class MLPBackbone(nn.Module):
+    """Two fully connected hidden layers on the raw pixels; the second is the feature vector."""
+
+    dim = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(inplace=True),
+                                  nn.Linear(128, self.dim), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class Net(nn.Module):
     def __init__(self, backbone: nn.Module, classes: int = 10):
         super().__init__()
@@ -167,7 +234,8 @@ def export(net: Net, name: str, test_acc: float, out: Path) -> None:
         "feature_dim": net.backbone.dim,
         "classes": 10,
         "class_names": CLASSES,
-        "preprocess": {"size": [28, 28], "channels": 1, "resize": None, "mean": [MEAN], "std": [STD]},
+        "preprocess": {"size": [28, 28], "channels": 1, "crop": "resize_then_center_crop", "resize": None,
+                       "interpolation": "bilinear", "mean": [MEAN], "std": [STD]},
         "trained_on": "Fashion-MNIST train (60,000 images), models/fashion_nets.py",
         "test_accuracy": round(test_acc, 4),
     }
@@ -189,24 +257,40 @@ def verify(net: Net, backbone: Path, head: Path) -> float:
     return diff
 
 
+# name: (backbone, seed, epochs); the first two are the committed originals (seeds 0 and 1, 3 epochs)
+NETWORKS: dict[str, tuple[type[nn.Module], int, int]] = {
+    "fmnist-resnet": (ResNetBackbone, 0, 3),
+    "fmnist-inception": (InceptionBackbone, 1, 3),
+    "fmnist-vgg": (VGGBackbone, 2, 2),
+    "fmnist-mlp": (MLPBackbone, 4, 4),
+    "fmnist-mobilenet": (MobileNetBackbone, 3, 2),
+    "fmnist-resnet-s1": (ResNetBackbone, 5, 2),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_FASHION_MNIST)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs for every network (default: per network)")
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--only", choices=["resnet", "inception"])
+    ap.add_argument("--only", nargs="+", choices=sorted(NETWORKS), help="train only these networks")
+    ap.add_argument("--overwrite", action="store_true", help="retrain networks whose files already exist")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     x, y = load_split(args.data, "train")
     xt, yt = load_split(args.data, "test")
-    for seed, (name, backbone) in enumerate((("fmnist-resnet", ResNetBackbone), ("fmnist-inception", InceptionBackbone))):
-        if args.only and not name.endswith(args.only):
+    for name, (backbone, seed, epochs) in NETWORKS.items():
+        if args.only and name not in args.only:
             continue
+        if (args.out / f"{name}.json").exists() and not args.overwrite:
+            print(f"{name}: already exported to {args.out}, skipped (--overwrite retrains it)", flush=True)
+            continue
+        epochs = args.epochs or epochs
         torch.manual_seed(seed)
         net = Net(backbone())
         print(f"{name}: {sum(p.numel() for p in net.parameters()):,} parameters", flush=True)
         t0 = time.time()
-        train(net, x, y, args.epochs, seed)
+        train(net, x, y, epochs, seed)
         acc = accuracy(net, xt, yt)
         print(f"{name}: test accuracy {acc:.4f} ({acc * 10000:.0f}/10000), trained in {time.time() - t0:.0f} s", flush=True)
         export(net, name, acc, args.out)

@@ -93,8 +93,9 @@ def mobilenet_v2() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     net = MobileNetV2()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net.eval()
-    pre = {"size": [224, 224], "resize": 256, "channels": 3, "channel_order": "RGB",
-           "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    # torchvision's evaluation transform: Resize(256, bilinear) then CenterCrop(224)
+    pre = {"size": [224, 224], "resize": 256, "interpolation": "bilinear", "crop": "resize_then_center_crop",
+           "channels": 3, "channel_order": "RGB", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return net, Part(net, net.pooled), net.classifier[1], pre
 
 
@@ -108,8 +109,10 @@ def efficientnet_lite0() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     def pooled(x: torch.Tensor) -> torch.Tensor:
         return net._avg_pooling(net.extract_features(x)).flatten(1)
 
-    pre = {"size": [224, 224], "resize": 256, "channels": 3, "channel_order": "RGB",
-           "mean": [127.0 / 255] * 3, "std": [128.0 / 255] * 3}
+    # the TF EfficientNet evaluation transform: a central crop of 224 / (224 + 32) of the shorter side,
+    # resized to 224 x 224 with bicubic interpolation
+    pre = {"size": [224, 224], "crop": "center_crop_then_resize", "crop_fraction": 0.875, "interpolation": "bicubic",
+           "channels": 3, "channel_order": "RGB", "mean": [127.0 / 255] * 3, "std": [128.0 / 255] * 3}
     return net, Part(net, pooled), net._fc, pre
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lintwin._gpu import gpu_available
+from lintwin._gpu import gpu_status
 from lintwin.synthetic import SyntheticPair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,10 +18,13 @@ def _namespaces() -> list:
     import array_api_strict
 
     params = [pytest.param(np, id="numpy"), pytest.param(array_api_strict, id="array_api_strict")]
-    if gpu_available():
+    usable, why = gpu_status()
+    if usable:
         import cupy
 
         params.append(pytest.param(cupy, id="cupy"))
+    else:  # shown as skipped, with the reason, rather than silently missing
+        params.append(pytest.param(None, id="cupy", marks=pytest.mark.skip(reason=f"no GPU for CuPy: {why}")))
     return params
 
 

@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+from conftest import to_xp
 
 from lintwin import AdamOptions, FeatureStore, evaluate, fit, paper_loss
+from lintwin._xp import to_numpy
 from lintwin.batches import StoreBatches
 from lintwin.solvers import paper_loss_grad
+from lintwin.solvers.adam import adam_step
 from lintwin.synthetic import SyntheticPair, write_synthetic_store
-from conftest import to_xp
 
 
 def test_gradient_matches_finite_differences(xp):
@@ -15,7 +17,7 @@ def test_gradient_matches_finite_differences(xp):
     p = rng.standard_normal((7, 5))
     y = rng.random((7, 5))
     loss, grad = paper_loss_grad(to_xp(xp, p), to_xp(xp, y))
-    grad = np.asarray(grad) if xp is np else np.from_dlpack(grad)
+    grad = to_numpy(grad)
     h = 1e-6
     num = np.zeros_like(p)
     for i in range(p.shape[0]):
@@ -91,7 +93,42 @@ def test_adam_from_store_matches_api(tmp_path):
     from lintwin import fit_store
 
     store = write_synthetic_store(tmp_path / "s.zarr", train=3000, val=500, dim_a=20, dim_b=12)
-    (m,) = fit_store(store, "A", "B", method="adam", adam=AdamOptions(lr=0.01, batch=256, iterations=200),
-                     progress=False)
+    m = fit_store(store, "A", "B", method="adam", adam=AdamOptions(lr=0.01, batch=256, iterations=200),
+                  progress=False)
     assert m.loss_curve.shape == (200,) and m.loss_curve[-20:].mean() < m.loss_curve[:20].mean()
     assert isinstance(FeatureStore.open(tmp_path / "s.zarr"), FeatureStore)
+
+
+def _hand_steps(variant, g_seq, lr=0.1, b1=0.9, b2=0.999, eps=1e-8, decay=1e-5):
+    """Adam written out scalar by scalar from the two published update rules."""
+    p, m, v = 1.0, 0.0, 0.0
+    for t, g in enumerate(g_seq, start=1):
+        lr_t = lr * (1 - decay) ** (t - 1)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        if variant == "tensorflow":  # TF1 AdamOptimizer: correction folded into the step size, ε on √v
+            p -= lr_t * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        else:  # Kingma & Ba, Algorithm 1: ε on √v̂
+            p -= lr_t * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return p
+
+
+@pytest.mark.parametrize("variant", ["tensorflow", "kingma"])
+def test_adam_step_matches_the_published_rule(variant):
+    # Tiny gradients make ε matter, so the two variants give different answers.
+    g_seq = [3e-8, -1e-8, 2e-8, 5e-9]
+    o = AdamOptions(variant=variant)
+    xp = __import__("array_api_compat.numpy", fromlist=["numpy"])
+    P, M, V = np.ones(1), np.zeros(1), np.zeros(1)
+    for t, g in enumerate(g_seq, start=1):
+        lr = o.lr * (1 - o.decay) ** (t - 1)
+        P, M, V = adam_step(P, np.array([g]), M, V, lr, 1 - o.beta1**t, 1 - o.beta2**t, o, xp)
+    assert P[0] == pytest.approx(_hand_steps(variant, g_seq), rel=1e-14)
+    other = _hand_steps("kingma" if variant == "tensorflow" else "tensorflow", g_seq)
+    assert abs(P[0] - other) > 1e-4  # the test can tell the two rules apart
+
+
+def test_adam_variant_is_recorded_in_the_map(small_pair):
+    (a, b), _ = small_pair
+    m = fit(a, b, method="adam", adam=AdamOptions(iterations=3, batch=64))
+    assert m.options["variant"] == "tensorflow"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from conftest import to_xp
 
 from lintwin import AffineMap, MapFileError, ShapeError, fit
 from lintwin._xp import to_numpy
-from conftest import to_xp
 
 
 @pytest.fixture
@@ -56,3 +56,41 @@ def test_other_pair_and_other_files_are_refused(tmp_path, amap):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(MapFileError, match="not a lintwin map file"):
         AffineMap.load(tmp_path / "junk.npz")
+
+
+_WRITER = """
+import sys
+import numpy as np
+from lintwin import AffineMap
+path = sys.argv[1]
+maps = [AffineMap(np.full((400, 600), float(k)), np.full(400, float(k)), src="a", dst="b") for k in (1, 2)]
+maps[0].save(path)
+print("ready", flush=True)
+k = 0
+while True:
+    k ^= 1
+    maps[k].save(path)
+"""
+
+
+def test_map_writes_survive_sigkill(tmp_path):
+    """20 kills at random moments of a process rewriting a map: the file is always one whole map."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "m.npz"
+    rng = random.Random(1)
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        m = AffineMap.load(path)
+        value = float(m.weight[0, 0])
+        assert value in (1.0, 2.0)
+        np.testing.assert_array_equal(m.weight, value)
+        np.testing.assert_array_equal(m.bias, value)

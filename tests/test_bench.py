@@ -33,3 +33,19 @@ def test_bench_dask_quick(tmp_path):
     names = [r[0] for r in data["results"]]
     assert names[0].startswith("single process") and len(names) == 3
     assert all(r[3] < 1e-5 for r in data["results"])  # same moments to float32 rounding
+
+
+def test_bench_study_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_study.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wall ratio" in proc.stdout
+
+
+def test_bench_solve_process_small(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_solve_process.py"), "--rows", "3000", "--val",
+                           "500", "--dims", "48", "64", "--repeats", "1", "--work", str(tmp_path / "w"), "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "solve_process_3000_48_64.txt").read_text()
+    assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "ratio (Ridge / lintwin)" in text

@@ -23,7 +23,7 @@ def store(tmp_path):
 
 
 def test_solve_prints_train_and_val_metrics_and_writes_maps(store, tmp_path):
-    r = run("solve", store, "--src", "inc", "--dst", "res", "--both", "--out", tmp_path / "maps", "-q")
+    r = run("solve", store, "--src", "inc", "--dst", "res", "--both", "--out", tmp_path / "maps", "-q", "--train-pass")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["map", "split", "rows", "mean", "cos", "R²", "paper", "loss"]
@@ -37,6 +37,30 @@ def test_solve_prints_train_and_val_metrics_and_writes_maps(store, tmp_path):
     m = AffineMap.load(tmp_path / "maps" / "res_to_inc.npz")
     assert (m.src, m.dst, m.weight.shape) == ("res", "inc", (24, 16))
     assert m.stats["val_metrics"]["rows"] == 1000
+    # Without --train-pass the training R² comes from the moments: the same number, no cosine or loss.
+    quick = run("solve", store, "--src", "inc", "--dst", "res", "--both", "-q")
+    assert quick.exit_code == 0, quick.output
+    qrows = [line.split() for line in quick.stdout.splitlines()[2:6]]
+    for full, fast in zip(rows, qrows):
+        assert fast[:3] == full[:3]
+        if fast[1] == "train":
+            assert fast[3] == "—" and fast[5] == "—" and float(fast[4]) == pytest.approx(float(full[4]), abs=2e-4)
+        else:
+            assert fast == full
+    assert "train: R² exact from the moments" in quick.stdout
+    assert "condition ≈" in quick.stdout and "expected relative error of W ≈" in quick.stdout
+
+
+def test_out_is_checked_before_fitting_and_written_where_asked(store, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run("solve", store, "--src", "inc", "--dst", "res", "--out", tmp_path / "file" / "m.npz")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: the folder of --out") and "is not a directory" in r.stderr
+    assert "moments" not in r.stderr  # refused before any pass over the store
+    r = run("solve", store, "--src", "inc", "--dst", "res", "--both", "--out", tmp_path / "file", "-q")
+    assert r.exit_code == 1 and "exists and is not a directory" in r.stderr
+    r = run("solve", store, "--src", "inc", "--dst", "res", "--out", tmp_path / "X.map", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "X.map").is_file() and AffineMap.load(tmp_path / "X.map").name == "inc→res"
 
 
 def test_solve_adam_writes_curve_png(store, tmp_path):
@@ -74,7 +98,10 @@ def test_import_npy_and_npz(tmp_path):
         (("solve", "{tmp}", "--src", "a", "--dst", "b"), "is not a lintwin feature store"),
         (("solve", "{store}", "--src", "inc", "--dst", "res", "--both", "--out", "{tmp}/m.npz", "-q"),
          "Error: --both writes two maps: give --out a directory"),
-        (("solve", "{store}", "--src", "inc", "--dst", "res", "--device", "gpu"), "Error: --device gpu needs CuPy"),
+        (("solve", "{store}", "--src", "inc", "--dst", "res", "--device", "gpu"), "Error: --device gpu cannot be used"),
+        (("solve", "{store}", "--src", "inc", "--dst", "res", "--ridge", "nan"), "Error: --ridge expects finite"),
+        (("solve", "{store}", "--src", "inc", "--dst", "res", "--lr", "0"), "Error: the Adam learning rate must be"),
+        (("solve", "{store}", "--src", "inc", "--dst", "res", "--decay", "1"), "Error: the learning-rate decay"),
     ],
 )
 def test_solve_errors(store, tmp_path, args, message):
@@ -127,7 +154,8 @@ def test_rank_deficient_solve_warns(tmp_path):
     run("import", tmp_path / "b.npy", "--store", s, "--name", "B")
     r = run("solve", s, "--src", "A", "--dst", "B", "-q")
     assert r.exit_code == 0
-    assert "Warning: A→B: fewer rows (20) than features + 1 (51); used the minimum-norm solution of rank 19 of 50" in r.stderr
+    assert ("Warning: A→B: fewer rows (20) than non-constant features + 1 (51); used the truncated solution of rank "
+            "19 of 50") in r.stderr
     assert "solver eigh, rank 19" in r.stdout
 
 

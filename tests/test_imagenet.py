@@ -10,8 +10,8 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, SHARED
+
 from lintwin import FeatureStore
 from lintwin.experiment import compare, predict_store
 from lintwin.extract import extract_features
@@ -83,3 +83,39 @@ def test_compare_end_to_end(exported, store):
     assert maps[0].stats["solver"] == "eigh"  # 600 rows for 1280 features: minimum-norm, reported
     assert all(0 <= row["percent"] <= 100 for row in result.table)
     assert sum(result.regions[0].counts.values()) == 100
+
+
+def _reference_pixels(path, name: str) -> np.ndarray:
+    """Each network's published evaluation transform, written out here with Pillow (1 x 3 x 224 x 224)."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    if name == "mobilenet_v2":  # torchvision: Resize(256, bilinear), CenterCrop(224), ImageNet mean/std
+        nw, nh = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        top, left = round((nh - 224) / 2.0), round((nw - 224) / 2.0)
+        x = np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32) / 255
+        x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    else:  # TF EfficientNet: central crop of 224 / (224 + 32) of the shorter side, bicubic to 224, (x - 127) / 128
+        c = int(224 / (224 + 32) * min(h, w))
+        top, left = ((h - c) + 1) // 2, ((w - c) + 1) // 2
+        im = im.crop((left, top, left + c, top + c)).resize((224, 224), Image.Resampling.BICUBIC)
+        x = (np.asarray(im, np.float32) - 127.0) / 128.0
+    return np.transpose(x, (2, 0, 1))[None].astype(np.float32)
+
+
+def test_features_follow_each_networks_reference_pipeline(exported, store):
+    """Stored features equal the PyTorch network's on its reference preprocessing (crop order, interpolation)."""
+    import torch
+
+    mod, _, _ = exported
+    s, val = store
+    for name in NETS:
+        backbone = mod.NETWORKS[name]()[1]
+        stored = s.features("val", name)[:20]
+        with torch.no_grad():
+            ref = np.concatenate([backbone(torch.from_numpy(_reference_pixels(val.files[i], name))).numpy()
+                                  for i in range(20)])
+        rel = np.linalg.norm(stored - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert rel.max() < 1e-3, (name, rel.max())

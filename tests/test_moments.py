@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from conftest import to_xp
 
 from lintwin import Moments, NonFiniteError, ShapeError, accumulate_arrays
 from lintwin._xp import to_numpy
-from conftest import to_xp
 
 
 def _direct(a, b):
@@ -77,9 +77,69 @@ def test_nan_rows_are_named(xp):
     a = np.ones((50, 4), np.float32)
     a[17, 2] = np.nan
     a[40, 0] = np.inf
-    m = Moments(4, 3, names=("resnet", "inception"))
-    with pytest.raises(NonFiniteError, match=r"features of resnet: 2 row\(s\), at row 117, 140"):
-        m.update(to_xp(xp, a), to_xp(xp, np.ones((50, 3), np.float32)), row_offset=100)
+    b = np.ones((50, 3), np.float32)
+    with pytest.raises(NonFiniteError, match=r"features of resnet: 2 row\(s\), at row 17, 40"):
+        accumulate_arrays(to_xp(xp, a), to_xp(xp, b), names=("resnet", "inception"), block_rows=64)
+    # Chunk by chunk nothing is synced; the moments refuse to be used.
+    m = Moments(4, 3, names=("resnet", "inception")).update(to_xp(xp, a), to_xp(xp, b))
+    with pytest.raises(NonFiniteError, match="NaN or Inf in features of resnet or inception"):
+        m.blocks()
+
+
+def test_finite_values_whose_products_overflow_float32_are_named():
+    a = np.full((10, 2), 3e20, np.float32)
+    a[:, 1] = np.arange(10) * 1e20
+    with pytest.raises(NonFiniteError, match="too large for float32 products"):
+        accumulate_arrays(a, np.ones((10, 2), np.float32))
+    m = accumulate_arrays(a, np.ones((10, 2), np.float32), precision="float64")
+    assert m.is_finite()
+
+
+def test_swapped_shard_is_reoriented_and_strangers_are_refused(realistic):
+    """Equal widths are common: a shard with the networks swapped must not merge silently."""
+    a, b = realistic["a"][:4000, :32], realistic["b"][:4000, :32]
+    whole = accumulate_arrays(a, b, names=("inc", "res"), precision="float64")
+    left = accumulate_arrays(a[:1500], b[:1500], names=("inc", "res"), precision="float64")
+    right_swapped = accumulate_arrays(b[1500:], a[1500:], names=("res", "inc"), precision="float64")
+    left.merge(right_swapped)
+    np.testing.assert_allclose(left.mean, whole.mean, rtol=1e-13)
+    np.testing.assert_allclose(left.comoment, whole.comoment, rtol=1e-10, atol=1e-10 * np.abs(whole.comoment).max())
+    stranger = accumulate_arrays(a[:10], b[:10], names=("inc", "vgg"))
+    with pytest.raises(ShapeError, match="of other networks"):
+        left.merge(stranger)
+
+
+def test_merge_and_update_never_modify_inputs(realistic):
+    """Merges are pure: re-running one (as Dask does after a lost worker) cannot count rows twice."""
+    a, b = realistic["a"][:3000, :20], realistic["b"][:3000, :10]
+    x = accumulate_arrays(a[:1000], b[:1000], precision="float64")
+    y = accumulate_arrays(a[1000:], b[1000:], precision="float64")
+    before = (x.comoment.copy(), y.comoment.copy())
+    parts = (x.n, x.mean, x.comoment)
+    first = Moments.from_parts(20, 10, ("A", "B"), "float64", *parts).merge(y)
+    again = Moments.from_parts(20, 10, ("A", "B"), "float64", *parts).merge(y)
+    np.testing.assert_array_equal(first.comoment, again.comoment)
+    np.testing.assert_array_equal(x.comoment, before[0])
+    np.testing.assert_array_equal(y.comoment, before[1])
+    cont = Moments.from_parts(20, 10, ("A", "B"), "float64", *parts).update(a[1000:], b[1000:])
+    np.testing.assert_array_equal(x.comoment, before[0])
+    np.testing.assert_allclose(cont.comoment, first.comoment, rtol=1e-12, atol=1e-12 * np.abs(first.comoment).max())
+
+
+def test_update_after_load_continues_in_the_chunks_namespace(tmp_path, realistic):
+    import array_api_strict
+
+    a, b = realistic["a"][:2000, :12], realistic["b"][:2000, :8]
+    whole = accumulate_arrays(a, b, precision="float64", kernel=True)
+    path = accumulate_arrays(a[:700], b[:700], precision="float64", kernel=True).save(tmp_path / "m.npz")
+    m = Moments.load(path)
+    dev = array_api_strict.Device("device1")
+    m.update(array_api_strict.asarray(a[700:], device=dev), array_api_strict.asarray(b[700:], device=dev))
+    assert array_api_strict.__name__ in type(m.comoment).__module__ and m.comoment.device == dev
+    np.testing.assert_allclose(to_numpy(m.comoment), whole.comoment, rtol=1e-10,
+                               atol=1e-12 * np.abs(whole.comoment).max())
+    for key in ("r", "rq", "ra", "qb"):
+        np.testing.assert_allclose(to_numpy(m.kernel.sums[key]), whole.kernel.sums[key], rtol=1e-12)
 
 
 def test_row_mismatch_and_dims(xp):

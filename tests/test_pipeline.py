@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +96,8 @@ def test_cli_compare_and_score(store, tmp_path):
     # the head of the other network is refused, with the reason
     r = runner.invoke(app, ["score", str(store.path), "--map", str(mp), "--head", str(models / f"{NETS[0]}.head.onnx")])
     assert r.exit_code == 1
-    assert "Error: map fmnist-resnet→fmnist-inception targets 'fmnist-inception', but" in r.stderr
+    assert "Error: head fmnist-resnet.head.onnx expects 128-dim features, features of 'fmnist-inception' have 160" \
+        in r.stderr
     # a map from another pair is refused
     r = runner.invoke(app, ["score", str(store.path), "--map", str(tmp_path / f"{NETS[1]}_to_{NETS[0]}.npz"),
                             "--head", str(tmp_path / "missing.onnx")])
@@ -113,52 +110,16 @@ def test_head_refuses_features_of_the_wrong_dimension():
         head(np.ones((2, 160), np.float32))
 
 
-def _rows_written(store: Path, name: str) -> int:
-    meta = store / "train" / "features" / name / "zarr.json"
-    try:
-        return int(json.loads(meta.read_text())["attributes"]["rows_written"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def test_extract_killed_and_resumed_is_identical(tmp_path, fashion):
-    train, _ = fashion
-    npz = tmp_path / "images.npz"
-    np.savez(npz, images=train.arrays[:4000], labels=train.labels[:4000])
-    backbone = BUNDLED_MODELS / "fmnist-inception.backbone.onnx"
-    args = [sys.executable, "-m", "lintwin.cli", "extract", str(backbone), str(npz), "--chunk-rows", "250",
-            "--batch", "50", "--augment", "--views", "2", "-q"]
-    whole, killed = tmp_path / "whole.zarr", tmp_path / "killed.zarr"
-    subprocess.run(args + ["--store", str(whole)], check=True, capture_output=True)
-    proc = subprocess.Popen(args + ["--store", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _rows_written(killed, "fmnist-inception") < 1000 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = _rows_written(killed, "fmnist-inception")
-    assert 0 < done < 8000, "the run should have been killed part-way"
-    r = runner.invoke(app, ["info", str(killed)])
-    assert f"INCOMPLETE {done}/8000" in r.stdout
-    out = subprocess.run(args + ["--store", str(killed)], check=True, capture_output=True, text=True)
-    assert f"(resumed at row {done})" in out.stdout
-    a = FeatureStore.open(whole).features("train", "fmnist-inception")[:]
-    b = FeatureStore.open(killed).features("train", "fmnist-inception")[:]
-    np.testing.assert_array_equal(a, b)
-    assert FeatureStore.open(killed).ids("train")[:3].tolist() == ["images.npz:0#v0", "images.npz:0#v1",
-                                                                    "images.npz:1#v0"]
-    assert os.path.getsize(npz) > 0
-
-
 def test_ridge_cv_by_top1_agreement_matches_refitting(store):
     """With the target's head, λ is chosen by held-out agreement; one value checked by brute force."""
     from lintwin import fit
     from lintwin.api import fit_store
-    from lintwin.folds import agreement_path, accumulate_folds, image_folds
+    from lintwin.folds import accumulate_folds, image_folds
+    from lintwin.ridge_agreement import agreement_path
 
     head = Head(BUNDLED_MODELS / f"{NETS[1]}.head.onnx")
-    (m,) = fit_store(store, NETS[0], NETS[1], ridge="auto", folds=3, progress=False,
-                     target_heads={NETS[1]: head})
+    m = fit_store(store, NETS[0], NETS[1], ridge="auto", folds=3, progress=False,
+                  ridge_criterion="agreement", target_heads={NETS[1]: head})
     cv = m.stats["ridge_cv"]
     assert cv["scored_by"] == "top-1 agreement" and len(cv["agreement"]) == len(cv["lambdas"])
     assert cv["chosen"] in cv["lambdas"]
@@ -173,3 +134,111 @@ def test_ridge_cv_by_top1_agreement_matches_refitting(store):
         mj = fit(a[fold != j], b[fold != j], ridge=lam, precision="float64")
         hits += int(np.sum(head.predict(np.asarray(mj.apply(a[fold == j]), np.float32)) == head.predict(b[fold == j])))
     assert got == pytest.approx(hits / len(a), abs=2.0 / len(a))  # float32 vs float64 maps may flip a near-tie
+
+
+# -- head <-> network, paired rows, in-sample: refused before any number is printed ------
+def _twin(tmp_path: Path) -> Path:
+    """A third 128-dim network: the resnet backbone with a head whose classes are permuted (a real ONNX file)."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "twin"
+    out.mkdir()
+    shutil.copy(BUNDLED_MODELS / "fmnist-resnet.backbone.onnx", out / "twin.backbone.onnx")
+    model = onnx.load(BUNDLED_MODELS / "fmnist-resnet.head.onnx")
+    perm = np.roll(np.arange(10), 3)
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[perm], init.name))
+    onnx.save(model, out / "twin.head.onnx")
+    d = json.loads((BUNDLED_MODELS / "fmnist-resnet.json").read_text())
+    (out / "twin.json").write_text(json.dumps({**d, "name": "twin", "backbone": "twin.backbone.onnx",
+                                               "head": "twin.head.onnx"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, fashion):
+    """600 train and 300 test images through resnet, inception and the twin."""
+    train, test = fashion
+    tmp = tmp_path_factory.mktemp("small")
+    twin = _twin(tmp)
+    path = tmp / "features.zarr"
+    for backbone in [BUNDLED_MODELS / f"{n}.backbone.onnx" for n in NETS] + [twin / "twin.backbone.onnx"]:
+        extract_features(backbone, train.subset(range(600)), path, split="train", batch=300, workers=1,
+                         progress=False)
+        extract_features(backbone, test.subset(range(300)), path, split="val", batch=300, workers=1, progress=False)
+    return path, twin
+
+
+def _compare(path, a, b, head_a, head_b, out, *extra):
+    return runner.invoke(app, ["compare", str(path), "--a", a, "--b", b, "--head-a", str(head_a),
+                               "--head-b", str(head_b), "--out", str(out), "-q", *extra])
+
+
+def test_compare_refuses_swapped_heads_of_equal_dimension(small, tmp_path):
+    path, twin = small
+    resnet_head = BUNDLED_MODELS / "fmnist-resnet.head.onnx"
+    ok = _compare(path, "fmnist-resnet", "twin", resnet_head, twin / "twin.head.onnx", tmp_path / "ok")
+    assert ok.exit_code == 0, ok.output
+    r = _compare(path, "fmnist-resnet", "twin", twin / "twin.head.onnx", resnet_head, tmp_path / "bad")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "Error: twin.head.onnx is not the head of 'fmnist-resnet': its sha256 is" in r.stderr
+    assert not (tmp_path / "bad").exists()  # nothing was written
+    # a copy under the other network's file name is still refused: the hash decides, not the name
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(resnet_head, renamed / "twin.head.onnx")
+    r = _compare(path, "fmnist-resnet", "twin", resnet_head, renamed / "twin.head.onnx", tmp_path / "bad")
+    assert r.exit_code == 1 and "Error: twin.head.onnx is not the head of 'twin': its sha256 is" in r.stderr
+
+
+def test_score_refuses_a_head_whose_hash_is_not_the_targets(small, tmp_path):
+    path, twin = small
+    ok = _compare(path, "fmnist-resnet", "twin", BUNDLED_MODELS / "fmnist-resnet.head.onnx", twin / "twin.head.onnx",
+                  tmp_path)
+    assert ok.exit_code == 0, ok.output
+    mp = tmp_path / "fmnist-resnet_to_twin.npz"
+    r = runner.invoke(app, ["score", str(path), "--map", str(mp), "--head", str(twin / "twin.head.onnx")])
+    assert r.exit_code == 0 and "top-1 agreement with mapped" in r.stdout, r.output
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    shutil.copy(BUNDLED_MODELS / "fmnist-resnet.head.onnx", decoy / "twin.head.onnx")  # named like the target's
+    r = runner.invoke(app, ["score", str(path), "--map", str(mp), "--head", str(decoy / "twin.head.onnx")])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "Error: twin.head.onnx is not the head of 'twin': its sha256 is" in r.stderr
+
+
+def test_compare_and_score_refuse_misaligned_rows(small, fashion, tmp_path):
+    path, twin = small
+    _, test = fashion
+    other = tmp_path / "other.zarr"  # the twin's val features of the same images in another order
+    extract_features(twin / "twin.backbone.onnx", test.subset(list(range(299, -1, -1))), other, split="val",
+                     batch=300, workers=1, progress=False)
+    spliced = tmp_path / "spliced.zarr"
+    shutil.copytree(path, spliced)
+    shutil.rmtree(spliced / "val" / "features" / "twin")
+    shutil.copytree(other / "val" / "features" / "twin", spliced / "val" / "features" / "twin")
+    r = _compare(spliced, "fmnist-resnet", "twin", BUNDLED_MODELS / "fmnist-resnet.head.onnx",
+                 twin / "twin.head.onnx", tmp_path / "out")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "Error: networks of split 'val' were written for different samples or sample orders" in r.stderr
+    ok = _compare(path, "fmnist-resnet", "twin", BUNDLED_MODELS / "fmnist-resnet.head.onnx", twin / "twin.head.onnx",
+                  tmp_path / "maps")
+    assert ok.exit_code == 0, ok.output
+    r = runner.invoke(app, ["score", str(spliced), "--map", str(tmp_path / "maps" / "fmnist-resnet_to_twin.npz"),
+                            "--head", str(twin / "twin.head.onnx")])
+    assert r.exit_code == 1 and "were written for different samples or sample orders" in r.stderr
+
+
+def test_in_sample_tables_need_asking_and_say_so(small, tmp_path):
+    path, _ = small
+    heads = (BUNDLED_MODELS / "fmnist-resnet.head.onnx", BUNDLED_MODELS / "fmnist-inception.head.onnx")
+    r = _compare(path, *NETS, *heads, tmp_path, "--eval-split", "train")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "scores the maps on images they were fitted on, an in-sample figure" in r.stderr
+    assert "--in-sample" in r.stderr
+    r = _compare(path, *NETS, *heads, tmp_path, "--eval-split", "train", "--in-sample")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("Table 1, IN-SAMPLE (600 train images that the maps were also fitted on")
+    data = json.loads((tmp_path / f"compare_{NETS[0]}_{NETS[1]}.json").read_text())
+    assert data["in_sample"] is True

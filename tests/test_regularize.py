@@ -5,7 +5,8 @@ import pytest
 
 from lintwin import FeatureStore, LintwinError, accumulate_arrays, evaluate, fit
 from lintwin.api import fit_store, maps_from_moments
-from lintwin.folds import accumulate_folds, image_folds, training_moments
+from lintwin.folds import accumulate_folds, image_folds
+from lintwin.moments import Moments
 from lintwin.solvers.ridge_cv import _fold_errors, ridge_cv
 from lintwin.synthetic import SyntheticPair
 
@@ -37,12 +38,12 @@ def test_merged_fold_moments_equal_direct_moments(view_store):
     folds = accumulate_folds(s, "A", "B", k=4, precision="float64", progress=False)
     labels = image_folds(s.ids("train"), 360, 4)
     for j in range(4):
-        train = training_moments(folds, j)
+        train = Moments.merged(folds, exclude=j)
         direct = accumulate_arrays(a[labels != j], b[labels != j], precision="float64")
         assert train.n == direct.n
         np.testing.assert_allclose(train.mean, direct.mean, rtol=1e-12)
         np.testing.assert_allclose(train.comoment, direct.comoment, rtol=1e-9, atol=1e-9 * np.abs(direct.comoment).max())
-    everything = training_moments(folds, None)
+    everything = Moments.merged(folds)
     np.testing.assert_allclose(everything.comoment, accumulate_arrays(a, b, precision="float64").comoment, rtol=1e-9,
                                atol=1e-9)
 
@@ -53,7 +54,7 @@ def test_cv_errors_from_moments_equal_refitting_on_rows(view_store):
     labels = image_folds(s.ids("train"), 360, 3)
     lambdas = np.array([1e-2, 1.0, 30.0])
     for j in range(3):
-        errors, _ = _fold_errors(training_moments(folds, j), folds[j], lambdas, reverse=True)  # B→A
+        errors, _ = _fold_errors(Moments.merged(folds, exclude=j), folds[j], lambdas, reverse=True)  # B→A
         for lam, err in zip(lambdas, errors):
             m = fit(b[labels != j].astype(np.float64), a[labels != j].astype(np.float64), ridge=lam,
                     precision="float64")
@@ -69,7 +70,7 @@ def test_ridge_auto_beats_plain_lstsq_when_overfitting(tmp_path):
     s = FeatureStore.create(tmp_path / "s.zarr")
     for name, x in (("A", a), ("B", b)):
         FeatureStore.write_rows(s.open_features_for_write("train", name, rows=300, dim=x.shape[1]), 0, x)
-    (auto,) = fit_store(s, "A", "B", ridge="auto", progress=False)
+    auto = fit_store(s, "A", "B", ridge="auto", progress=False)
     cv = auto.stats["ridge_cv"]
     assert cv["folds"] == 5 and len(cv["lambdas"]) == len(cv["cv_error"]) == 25
     assert auto.options["chosen_ridge"] == cv["chosen"] > 0

@@ -1,8 +1,17 @@
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
 
 from lintwin import FeatureStore, ShapeError, StoreError, accumulate_arrays, accumulate_store
+from lintwin.check import check_store
+from lintwin.errors import LintwinError
+from lintwin.importer import import_features
 from lintwin.synthetic import SyntheticPair, write_synthetic_store
 
 
@@ -86,3 +95,256 @@ def test_unknown_names_and_row_mismatch(tmp_path):
         s.features("test", "A")
     with pytest.raises(ShapeError, match="already holds 100 rows of 'A'"):
         s.open_features_for_write("train", "C", rows=99, dim=3)
+
+
+# -- integrity, untrusted stores, writers, names, pairing ---------------------------------------------
+
+
+def test_every_array_has_crc32c_and_chunk_checksums(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=600, dim_a=4, dim_b=3, chunk_rows=256)
+    s = FeatureStore.create(path)
+    s.set_labels("train", np.zeros(600, np.int64))  # all-zero chunks must still be written
+    s.close()
+    for rel in ("train/features/A", "train/labels"):
+        meta = json.loads((path / rel / "zarr.json").read_text())
+        assert meta["codecs"][-1] == {"name": "crc32c"}
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        assert len(meta["attributes"]["chunk_crc32c"]) == -(-600 // chunk)
+    assert (path / "train" / "labels" / "c" / "0").is_file()
+    np.testing.assert_array_equal(FeatureStore.open(path).labels("train"), np.zeros(600))
+
+
+def test_zarr_v2_and_foreign_stores_are_refused(tmp_path):
+    g = zarr.open_group(str(tmp_path / "v2.zarr"), mode="w", zarr_format=2)
+    g.attrs["lintwin"] = {"format": "lintwin.store/2"}
+    with pytest.raises(StoreError, match="is a zarr v2 store; lintwin opens only its own zarr v3 layout"):
+        FeatureStore.open(tmp_path / "v2.zarr")
+    # an array whose codecs lintwin did not write (e.g. numcodecs' pickle) is refused before zarr reads it
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=100, dim_a=4, dim_b=3)
+    meta_path = path / "train" / "features" / "A" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"].insert(1, {"name": "numcodecs.pickle", "configuration": {}})
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="not an array lintwin wrote"):
+        FeatureStore.open(path).features("train", "A")
+
+
+def test_numcodecs_cannot_unpickle():
+    from numcodecs import pickles
+
+    assert pickles.ALLOW_UNSAFE_PICKLE_DECODE is False
+    codec = pickles.Pickle()
+    with pytest.raises(Exception, match="disabled"):
+        codec.decode(codec.encode(np.array(["x"], dtype=object)))
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "../x", "/abs", ".hidden", "a\nb", "tab\tname", "zarr.json",
+                                 "x" * 129, "sp ace"])
+def test_bad_names_are_refused_before_writing(tmp_path, bad):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=100, dim_a=4, dim_b=3)
+    before = sorted(p.relative_to(path) for p in path.rglob("*"))
+    s = FeatureStore.open(path, mode="r+")
+    with pytest.raises(StoreError, match="name .* is not allowed"):
+        s.open_features_for_write("train", bad, rows=100, dim=2)
+    with pytest.raises(StoreError, match="split name .* is not allowed"):
+        s.open_features_for_write(bad, "C", rows=100, dim=2)
+    with pytest.raises(StoreError, match="is not allowed"):
+        write_synthetic_store(path, train=100, dim_a=4, dim_b=3, names=("A", bad), overwrite=True)
+    assert sorted(p.relative_to(path) for p in path.rglob("*")) == before
+    assert s.networks("train") == ["A", "B"]
+
+
+def test_synth_refuses_to_overwrite_without_asking(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=100, dim_a=4, dim_b=3, seed=0)
+    first = FeatureStore.open(path).features("train", "A")[:]
+    with pytest.raises(LintwinError, match=r"already holds features of A \[train\], B \[train\]; pass --overwrite"):
+        write_synthetic_store(path, train=100, dim_a=4, dim_b=3, seed=1)
+    np.testing.assert_array_equal(FeatureStore.open(path).features("train", "A")[:], first)
+    write_synthetic_store(path, train=100, dim_a=4, dim_b=3, seed=1, overwrite=True)
+    assert not np.array_equal(FeatureStore.open(path).features("train", "A")[:], first)
+
+
+def test_extra_attrs_are_written_with_the_array_and_guard_resuming(tmp_path):
+    s = FeatureStore.create(tmp_path / "s.zarr")
+    extra = {"preprocessing": {"mean": [0.5], "std": [0.25]}, "images_sha256": "ab"}
+    arr = s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="x", extra_attrs=extra)
+    meta = json.loads((tmp_path / "s.zarr" / "train" / "features" / "A" / "zarr.json").read_text())
+    assert meta["attributes"]["preprocessing"] == extra["preprocessing"] and meta["attributes"]["rows_written"] == 0
+    FeatureStore.write_rows(arr, 0, np.ones((100, 4), np.float32))
+    assert s.info("train", "A")["images_sha256"] == "ab"
+    # resuming with other preprocessing would splice rows: refused
+    changed = {**extra, "preprocessing": {"mean": [0.4], "std": [0.25]}}
+    with pytest.raises(StoreError, match="written differently; pass overwrite"):
+        s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="x", extra_attrs=changed)
+    again = s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="x", extra_attrs=extra)
+    assert FeatureStore.rows_written(again) == 100
+    with pytest.raises(StoreError, match="extra_attrs may not set rows_written"):
+        s.open_features_for_write("train", "B", rows=300, dim=4, extra_attrs={"rows_written": 300})
+
+
+def test_an_array_with_no_rows_written_never_blocks_a_later_run(tmp_path):
+    """What a kill during array creation leaves (an array, nothing written) is replaced, not refused."""
+    s = FeatureStore.create(tmp_path / "s.zarr")
+    s.open_features_for_write("train", "A", rows=300, dim=4, source="first attempt")
+    s.close()
+    s = FeatureStore.open(tmp_path / "s.zarr", mode="r+")
+    arr = s.open_features_for_write("train", "A", rows=300, dim=8, source="second attempt")
+    FeatureStore.write_rows(arr, 0, np.ones((300, 8), np.float32))
+    assert s.info("train", "A")["source"] == "second attempt" and s.features("train", "A").shape == (300, 8)
+
+
+def test_overwrite_marks_the_old_array_incomplete_first(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=300, dim_a=4, dim_b=3, chunk_rows=100)
+    s = FeatureStore.open(path, mode="r+")
+    arr = s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="new", overwrite=True)
+    FeatureStore.write_rows(arr, 0, np.zeros((100, 4), np.float32))
+    with pytest.raises(StoreError, match=r"incomplete \(100 of 300 rows"):
+        FeatureStore.open(path).features("train", "A")
+
+
+def test_paired_check_refuses_rows_of_other_samples(tmp_path):
+    path = tmp_path / "s.zarr"
+    ids = [f"img{i}.png" for i in range(200)]
+    s = FeatureStore.create(path)
+    for name, order in (("A", ids), ("B", ids), ("C", ids[::-1])):
+        if name == "C":
+            with pytest.raises(StoreError, match="split 'train' already has different sample ids"):
+                s.open_features_for_write("train", name, rows=200, dim=3, ids=order)
+            continue
+        arr = s.open_features_for_write("train", name, rows=200, dim=3, ids=order)
+        FeatureStore.write_rows(arr, 0, np.ones((200, 3), np.float32))
+    assert s.ids("train").tolist() == ids
+    # an array of unknown rows (no ids) is not paired with arrays of known rows
+    arr = s.open_features_for_write("train", "D", rows=200, dim=3)
+    FeatureStore.write_rows(arr, 0, np.ones((200, 3), np.float32))
+    assert len(list(s.iter_blocks("train", ["A", "B"]))) == 1
+    with pytest.raises(StoreError, match="written for different samples or sample orders"):
+        list(s.iter_blocks("train", ["A", "D"]))
+    with pytest.raises(StoreError, match="written for different samples"):
+        accumulate_store(s, "D", "B", progress=False)
+
+
+def test_deleted_chunk_is_refused_on_the_read_path(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_synthetic_store(path, train=1000, dim_a=16, dim_b=8, chunk_rows=256)
+    (path / "train" / "features" / "B" / "c" / "3" / "0").unlink()
+    with pytest.raises(StoreError, match=r"'B' in split 'train' are damaged: chunk 3 \(rows 768..999\) missing"):
+        accumulate_store(FeatureStore.open(path), "A", "B", progress=False)
+
+
+_IMPORT_SCRIPT = """
+import sys, time
+import numpy as np
+from lintwin.errors import LintwinError
+from lintwin.importer import import_features
+t0 = time.time()
+try:
+    import_features(sys.argv[1], sys.argv[2], name="A", overwrite=True, chunk_rows=4096)
+    print("ok", time.time() - t0)
+except LintwinError as exc:
+    print("refused", exc)
+"""
+
+
+def test_two_concurrent_overwriting_imports(tmp_path):
+    """Two processes importing into the same array: one writes, the other is refused at once; never spliced."""
+    rng = np.random.default_rng(0)
+    files = []
+    for k in range(2):
+        f = tmp_path / f"f{k}.npy"
+        np.save(f, (rng.random((200_000, 64)) + k).astype(np.float32))
+        files.append(f)
+    store = tmp_path / "s.zarr"
+    write_synthetic_store(store, train=200_000, dim_a=64, dim_b=3, chunk_rows=4096)
+    script = tmp_path / "imp.py"
+    script.write_text(_IMPORT_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(f)], stdout=subprocess.PIPE, text=True)
+             for f in files]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    refused = [o for o in outs if o.startswith("refused")]
+    done = [k for k, o in enumerate(outs) if o.startswith("ok")]
+    got = FeatureStore.open(store).features("train", "A")[:]
+    if refused:  # they overlapped: one was refused with a clear error
+        assert len(done) == 1 and "another process is writing 'A' of split 'train'" in refused[0]
+        np.testing.assert_array_equal(got, np.load(files[done[0]]))
+    else:  # one finished before the other started: the later one's rows, whole
+        assert any(np.array_equal(got, np.load(f)) for f in files)
+
+
+def test_concurrent_writer_is_refused_while_another_holds_the_array(tmp_path):
+    store = tmp_path / "s.zarr"
+    s = FeatureStore.create(store)
+    s.open_features_for_write("train", "A", rows=100, dim=2)  # holds the lock of train/A
+    code = ("import sys; from lintwin import FeatureStore; from lintwin.errors import StoreError\n"
+            "try:\n FeatureStore.open(sys.argv[1], mode='r+').open_features_for_write('train', 'A', rows=100, dim=2,"
+            " overwrite=True)\nexcept StoreError as e:\n print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0 and "another process is writing 'A' of split 'train'" in out.stdout
+    s.close()
+    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0 and out.stdout == ""
+
+
+_KILLABLE_IMPORT = """
+import sys
+from lintwin.importer import import_features
+print("ready", flush=True)
+sys.stdin.readline()
+import_features(sys.argv[1], sys.argv[2], name="A", chunk_rows=1024, labels=sys.argv[3])
+"""
+
+
+def _progress(store: Path) -> int:
+    """-2: no store yet, -1: store but no array, else the rows_written the array's metadata shows."""
+    try:
+        meta = json.loads((store / "train" / "features" / "A" / "zarr.json").read_text())
+        return int(meta["attributes"]["rows_written"])
+    except (OSError, ValueError, KeyError):
+        return -1 if store.exists() else -2
+
+
+def test_imports_killed_at_random_moments_end_identical_to_an_uninterrupted_one(tmp_path):
+    """Ten imports killed at random moments (as the store appears, as the array appears, while writing rows);
+    rerunning each (without --overwrite) gives the same store as an import that was never interrupted."""
+    rng = np.random.default_rng(3)
+    rows = 60_000
+    f, lab = tmp_path / "f.npy", tmp_path / "l.npy"
+    np.save(f, rng.random((rows, 64)).astype(np.float32))
+    np.save(lab, rng.integers(0, 10, rows))
+    ref = FeatureStore.open(import_features(tmp_path / "ref.zarr", f, name="A", chunk_rows=1024, labels=lab).path)
+    script = tmp_path / "imp.py"
+    script.write_text(_KILLABLE_IMPORT)
+    stores = [tmp_path / f"k{k}.zarr" for k in range(10)]
+    targets = [-1, -1, 0, 0, 0] + sorted(rng.integers(1, rows, 5).tolist())  # kill once progress reaches these
+    procs = [subprocess.Popen([sys.executable, str(script), str(s), str(f), str(lab)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for s in stores]
+    assert all(p.stdout.readline().strip() == "ready" for p in procs)
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    live, deadline = set(range(len(procs))), time.time() + 240
+    while live and time.time() < deadline:
+        for k in list(live):
+            if procs[k].poll() is not None or _progress(stores[k]) >= targets[k]:
+                procs[k].kill()
+                procs[k].wait()
+                live.discard(k)
+        time.sleep(0.002)
+    at_kill = [_progress(s) for s in stores]
+    for s in stores:
+        done = _progress(s) == rows and (s / "train" / "labels" / "zarr.json").exists()
+        if not done:
+            import_features(s, f, name="A", chunk_rows=1024, labels=lab)  # no --overwrite needed
+        got = FeatureStore.open(s)
+        np.testing.assert_array_equal(got.features("train", "A")[:], ref.features("train", "A")[:])
+        np.testing.assert_array_equal(got.labels("train"), ref.labels("train"))
+        assert check_store(s).ok
+    assert sum(0 <= w < rows for w in at_kill) >= 5, at_kill  # most were killed part-way

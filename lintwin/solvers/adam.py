@@ -1,12 +1,19 @@
 """The paper's solver: Adam on the normalised-feature loss, with the gradient written out.
 
-Loss per row: E = ||u - v||² with u = p/||p||, v = y/||y||, p = W x + b. Since
-E = 2 - 2 u·v, its gradient is dE/dp = -2 (v - (u·v) u) / ||p||; the batch loss is the
-mean over rows, so dL/dW = G^T X / B and dL/db = sum(G) / B with G the stacked dE/dp.
+Loss per row: E = ||u - v||² with u = p/||p||, v = y/||y||, p = W x + b (a zero row has no
+direction: its unit vector is read as 0, see :mod:`lintwin.metrics`). For non-zero rows
+E = 2 - 2 u·v, whose gradient is dE/dp = -2 (v - (u·v) u) / ||p||; at p = 0 the gradient is
+taken as 0. The batch loss is the mean over rows, so dL/dW = G^T X / B and dL/db = sum(G) / B.
+
+Two Adam variants: ``"tensorflow"`` (the default, as the paper ran it: TensorFlow 1's
+``AdamOptimizer`` folds the bias correction into the step size, lr_t = lr·√(1−β2^t)/(1−β1^t),
+and adds ε to √v) and ``"kingma"`` (Kingma & Ba's Algorithm 1: m̂ = m/(1−β1^t),
+v̂ = v/(1−β2^t), step lr·m̂/(√v̂ + ε)). They differ only in where ε enters.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,11 +21,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._xp import from_numpy, namespace, to_numpy
+from .._xp import device, from_numpy, namespace, to_numpy
+from ..errors import LintwinError
+from ..metrics import paper_loss_rows
 
-__all__ = ["AdamOptions", "fit_adam", "paper_loss_grad"]
+__all__ = ["AdamOptions", "VARIANTS", "adam_step", "fit_adam", "paper_loss_grad"]
 
-_TINY = 1e-30
+VARIANTS = ("tensorflow", "kingma")
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,27 @@ class AdamOptions:
     batch: int = 2048
     iterations: int = 100_000
     seed: int = 0
+    variant: str = "tensorflow"  # where ε enters: TensorFlow 1 (the paper's) or Kingma & Ba
+
+    def validate(self) -> "AdamOptions":
+        """Refuse settings that cannot give a meaningful fit (before any work is done)."""
+        def bad(what: str, value: object) -> LintwinError:
+            return LintwinError(f"{what}, got {value!r}")
+
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("the Adam learning rate must be a finite number > 0", self.lr)
+        if not (math.isfinite(self.decay) and 0 <= self.decay < 1):
+            raise bad("the learning-rate decay must be in [0, 1)", self.decay)
+        for name, beta in (("beta1", self.beta1), ("beta2", self.beta2)):
+            if not (math.isfinite(beta) and 0 <= beta < 1):
+                raise bad(f"{name} must be in [0, 1)", beta)
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise bad("eps must be a finite number > 0", self.eps)
+        if self.batch < 1 or self.iterations < 1:
+            raise bad("batch and iterations must be >= 1", (self.batch, self.iterations))
+        if self.variant not in VARIANTS:
+            raise bad(f"the Adam variant must be one of {', '.join(VARIANTS)}", self.variant)
+        return self
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,14 +71,14 @@ class AdamOptions:
 def paper_loss_grad(p: Any, y: Any) -> tuple[Any, Any]:
     """Mean paper loss over rows of ``p`` against ``y`` and its gradient with respect to ``p``."""
     xp = namespace(p, y)
-    tiny = xp.asarray(_TINY, dtype=p.dtype)
-    pn = xp.maximum(xp.sqrt(xp.sum(p * p, axis=1, keepdims=True)), tiny)
-    yn = xp.maximum(xp.sqrt(xp.sum(y * y, axis=1, keepdims=True)), tiny)
-    u, v = p / pn, y / yn
+    pn = xp.sqrt(xp.sum(p * p, axis=1, keepdims=True))
+    yn = xp.sqrt(xp.sum(y * y, axis=1, keepdims=True))
+    pn_safe = xp.where(pn > 0, pn, xp.ones_like(pn))
+    u, v = p / pn_safe, y / xp.where(yn > 0, yn, xp.ones_like(yn))
     uv = xp.sum(u * v, axis=1, keepdims=True)
     rows = p.shape[0]
-    loss = xp.mean(2.0 - 2.0 * uv)
-    grad = (-2.0 / rows) * (v - uv * u) / pn
+    loss = xp.mean(paper_loss_rows(p, y))
+    grad = xp.where(pn > 0, (-2.0 / rows) * (v - uv * u) / pn_safe, xp.zeros_like(p))
     return loss, grad
 
 
@@ -78,6 +108,7 @@ def fit_adam(
     ``monitor(t, weight, bias)``, if given, is called after every ``monitor_every`` steps
     (t = steps done); returning True stops early and truncates the curve.
     """
+    options.validate()
     xp = namespace(like)
     dtype = like.dtype
     if init is None:
@@ -90,7 +121,7 @@ def fit_adam(
     W, b = xp.astype(W, dtype), xp.astype(b, dtype)
     mW, vW = xp.zeros_like(W), xp.zeros_like(W)
     mb, vb = xp.zeros_like(b), xp.zeros_like(b)
-    curve = xp.zeros((options.iterations,), dtype=xp.float64)
+    curve = xp.zeros((options.iterations,), dtype=xp.float64, device=device(like))
     bar = tqdm(range(options.iterations), desc=desc, disable=not progress, unit="it", mininterval=0.5)
     for t in bar:
         x, y = next_batch()
@@ -103,8 +134,8 @@ def fit_adam(
         step = t + 1
         lr = options.lr * (1.0 - options.decay) ** t
         c1, c2 = 1.0 - options.beta1**step, 1.0 - options.beta2**step
-        W, mW, vW = _adam_step(W, gW, mW, vW, lr, c1, c2, options, xp)
-        b, mb, vb = _adam_step(b, gb, mb, vb, lr, c1, c2, options, xp)
+        W, mW, vW = adam_step(W, gW, mW, vW, lr, c1, c2, options, xp)
+        b, mb, vb = adam_step(b, gb, mb, vb, lr, c1, c2, options, xp)
         if progress and t % 200 == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         if monitor is not None and (t + 1) % monitor_every == 0 and monitor(t + 1, W, b):
@@ -114,8 +145,13 @@ def fit_adam(
     return W, b, to_numpy(curve)
 
 
-def _adam_step(P: Any, G: Any, M: Any, V: Any, lr: float, c1: float, c2: float, o: AdamOptions, xp: Any):
-    """One bias-corrected Adam update of parameter ``P`` with gradient ``G``."""
+def adam_step(P: Any, G: Any, M: Any, V: Any, lr: float, c1: float, c2: float, o: AdamOptions, xp: Any):
+    """One Adam update of parameter ``P`` with gradient ``G``; ``c1, c2 = 1 − β^t``.
+
+    ``"tensorflow"``: P − lr·√c2/c1 · M/(√V + ε); ``"kingma"``: P − lr · (M/c1)/(√(V/c2) + ε).
+    """
     M = o.beta1 * M + (1.0 - o.beta1) * G
     V = o.beta2 * V + (1.0 - o.beta2) * (G * G)
+    if o.variant == "tensorflow":
+        return P - (lr * math.sqrt(c2) / c1) * M / (xp.sqrt(V) + o.eps), M, V
     return P - lr * (M / c1) / (xp.sqrt(V / c2) + o.eps), M, V

@@ -98,16 +98,14 @@ def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bo
 
 def ridge_cv(folds: list[Moments], *, reverse: bool = False, lambdas: np.ndarray | None = None) -> RidgeCV:
     """Choose λ for src→dst (``reverse``: dst→src) by K-fold CV over the given fold moments."""
-    from ..folds import training_moments
-
     k = len(folds)
-    total = training_moments(folds, None)
+    total = Moments.merged(folds)
     if lambdas is None:
         lambdas = default_lambdas(total.oriented(reverse)[0])
     sse = np.zeros(len(lambdas))
     var = 0.0
     for j in range(k):
-        e, v = _fold_errors(training_moments(folds, j), folds[j], lambdas, reverse)
+        e, v = _fold_errors(Moments.merged(folds, exclude=j), folds[j], lambdas, reverse)
         sse += e
         var += v
     rel = sse / var

@@ -1,0 +1,134 @@
+"""Shared pieces of the command line: the Typer app, choices, error handling, small parsers."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..affine import AffineMap
+from ..errors import LintwinError
+from ..solvers import PrecisionWarning, RankWarning
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Do two neural networks extract the same information? Fit and score affine "
+                       "maps between their features.")
+
+
+class Method(StrEnum):
+    lstsq = "lstsq"
+    adam = "adam"
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class PrecisionChoice(StrEnum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class InitChoice(StrEnum):
+    random = "random"
+    lstsq = "lstsq"
+
+
+class AdamVariant(StrEnum):
+    tensorflow = "tensorflow"
+    kingma = "kingma"
+
+
+class RidgeCriterion(StrEnum):
+    feature_error = "feature-error"
+    agreement = "agreement"
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit 1; show solver warnings as notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RankWarning)
+        warnings.simplefilter("always", PrecisionWarning)
+        try:
+            yield
+        except LintwinError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            for w in caught:
+                if issubclass(w.category, (RankWarning, PrecisionWarning)):
+                    typer.echo(f"Warning: {w.message}", err=True)
+
+
+def echo(text: str) -> None:
+    typer.echo(text)
+
+
+def ridge_summary(mp: AffineMap) -> str:
+    """One line on how ``--ridge auto`` chose λ for a map, with the chosen λ's own CV figures."""
+    cv = mp.stats["ridge_cv"]
+    i = cv["lambdas"].index(cv["chosen"])
+    figures = f"held-out relative error {cv['cv_error'][i]:.4f}"
+    if cv.get("agreement"):
+        figures += f", held-out top-1 agreement {100 * cv['agreement'][i]:.2f}%"
+    return (f"{mp.name}: λ = {cv['chosen']:.4g} chosen by {cv['folds']}-fold CV over images, criterion "
+            f"{cv['scored_by']} ({figures})")
+
+
+RIDGE_HELP = ("ridge λ on the weights: one number (both directions), two as 'λ_AB,λ_BA', or 'auto' for "
+              "K-fold CV over images; λ is in units of the summed co-moments, so it grows with the row count")
+
+
+def parse_ridge(value: str) -> float | str | tuple[float, float]:
+    """``--ridge``: ``auto``, one number >= 0, or two numbers ``a,b`` (one per direction)."""
+    if value == "auto":
+        return value
+    parts = value.split(",")
+    try:
+        lams = [float(p) for p in parts]
+    except ValueError:
+        raise LintwinError(f"--ridge expects a number >= 0, two as 'λ_AB,λ_BA', or 'auto', got {value!r}") from None
+    if len(lams) > 2 or any(not math.isfinite(lam) or lam < 0 for lam in lams):
+        raise LintwinError(f"--ridge expects finite numbers >= 0 (one, or two as 'λ_AB,λ_BA'), got {value!r}")
+    return lams[0] if len(lams) == 1 else (lams[0], lams[1])
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Refuse, before any work, an output directory that cannot be created or written (creating nothing)."""
+    if path.exists() and not path.is_dir():
+        raise LintwinError(f"{what} {path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LintwinError(f"cannot write {what} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LintwinError(f"cannot write {what} {path}: {existing} is not writable")
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """Refuse, before any work, an output file path that is a directory or whose folder cannot be written."""
+    if path.is_dir():
+        raise LintwinError(f"{what} {path} is a directory; give a file name")
+    check_writable_dir(path.parent, f"the folder of {what}")
+
+@contextmanager
+def maybe_dask(address: Optional[str]) -> Iterator[object]:
+    """A Dask client for ``--dask ADDRESS``, or None without it."""
+    if address is None:
+        yield None
+        return
+    from ..distributed import dask_client
+
+    with dask_client(address, echo=lambda msg: typer.echo(msg, err=True)) as client:
+        yield client

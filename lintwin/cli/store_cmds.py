@@ -1,0 +1,104 @@
+"""Store commands: import features, list and check a store, write synthetic features; ``--version``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..check import check_store
+from ..errors import LintwinError
+from ..importer import import_features
+from ..store import FeatureStore
+from ..synthetic import write_synthetic_store
+from ._common import app, cli_errors, echo
+
+
+def _version(value: bool) -> None:
+    if value:
+        echo(f"lintwin {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print lintwin's version and exit")] = False,
+) -> None:
+    """Do two neural networks extract the same information? Fit and score affine maps between their features."""
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help=".npy or .npz file of features (rows x dim)")],
+    store: Annotated[Path, typer.Option("--store", help="feature store (created if missing)")],
+    name: Annotated[str, typer.Option("--name", help="network name, e.g. resnet152 (letters, digits, . _ + -)")],
+    split: Annotated[str, typer.Option(help="split name (letters, digits, . _ + -)")] = "train",
+    key: Annotated[str | None, typer.Option(help="array name inside an .npz file")] = None,
+    labels: Annotated[Path | None, typer.Option(help=".npy/.npz file of integer labels")] = None,
+    labels_key: Annotated[str | None, typer.Option(help="labels array name inside an .npz file")] = None,
+    ids: Annotated[Path | None, typer.Option(help="sample ids of the rows: .txt (one per line) or a .npy/.npz "
+                                                     "string array; networks are paired by them")] = None,
+    ids_key: Annotated[str | None, typer.Option(help="ids array name inside an .npz file")] = None,
+    chunk_rows: Annotated[int | None, typer.Option(min=1, help="rows per zarr chunk")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing features of this network")] = False,
+) -> None:
+    """Import features computed elsewhere into a feature store."""
+    with cli_errors():
+        s = import_features(store, file, name=name, split=split, key=key, labels=labels, labels_key=labels_key,
+                            ids=ids, ids_key=ids_key, chunk_rows=chunk_rows, overwrite=overwrite)
+        info = s.info(split, name)
+        echo(f"imported {info['rows']} x {info['dim']} features of {name} into {store} [{split}]")
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="feature store")]) -> None:
+    """List the splits, networks, shapes and completeness of a feature store."""
+    with cli_errors():
+        s = FeatureStore.open(store)
+        for split in s.splits():
+            labels = s.labels(split)
+            echo(f"{split}: {s.rows(split)} rows" + (f", labels for {len(set(labels.tolist()))} classes"
+                                                      if labels is not None else ""))
+            for net in s.networks(split):
+                i = s.info(split, net)
+                state = "complete" if i["rows_written"] == i["rows"] else f"INCOMPLETE {i['rows_written']}/{i['rows']}"
+                echo(f"  {net}: dim {i['dim']}, chunk {i['chunk_rows']} rows, {state}")
+
+
+@app.command()
+def check(
+    store: Annotated[Path, typer.Argument(help="feature store")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Verify every chunk of every array: present, the one written there, decodes, right shape, finite."""
+    with cli_errors():
+        report = check_store(store, progress=not quiet)
+        for line in report.lines:
+            echo(line)
+        for problem in report.problems:
+            echo(f"  problem: {problem}")
+        if not report.ok:
+            raise LintwinError(f"{len(report.problems)} problem(s) in {store}, first: {report.problems[0]}")
+        echo(f"{store}: {report.arrays} arrays, {report.chunks} chunks, all ok")
+
+
+@app.command()
+def synth(
+    store: Annotated[Path, typer.Argument(help="feature store to write")],
+    train: Annotated[int, typer.Option(min=1, help="training rows")] = 20000,
+    val: Annotated[int, typer.Option(min=0, help="held-out rows")] = 5000,
+    dim_a: Annotated[int, typer.Option(min=1, help="feature dimension of the first network")] = 512,
+    dim_b: Annotated[int, typer.Option(min=1, help="feature dimension of the second network")] = 384,
+    names: Annotated[tuple[str, str], typer.Option(help="the two network names")] = ("A", "B"),
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same features")] = 0,
+    chunk_rows: Annotated[int | None, typer.Option(min=1, help="rows per zarr chunk")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing features of these networks")] = False,
+) -> None:
+    """Write a store of realistic synthetic paired features (non-negative, correlated)."""
+    with cli_errors():
+        write_synthetic_store(store, train=train, val=val, dim_a=dim_a, dim_b=dim_b, names=names, seed=seed,
+                              chunk_rows=chunk_rows, overwrite=overwrite)
+        echo(f"wrote {train} train + {val} val rows of {names[0]} ({dim_a}) and {names[1]} ({dim_b}) to {store}")

@@ -1,0 +1,123 @@
+"""``lintwin study`` (every ordered pair of N networks) and ``lintwin stitch`` (backbone + map + head as one ONNX)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from ..affine import AffineMap
+from ..errors import LintwinError
+from ..images import open_images
+from ..networks import NetworkSpec
+from ..store import FeatureStore
+from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask, parse_ridge
+
+_MULTI = ("--nets", "--heads")
+
+
+class _ListOptions(TyperCommand):
+    """Let ``--nets a b c`` mean ``--nets a --nets b --nets c`` (values run to the next option)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        out, current = [], None
+        for tok in args:
+            if tok.startswith("-"):
+                current = tok if tok in _MULTI else None
+                out.append(tok)
+            elif current is not None and out[-1] != current:
+                out += [current, tok]
+            else:
+                out.append(tok)
+        return super().parse_args(ctx, out)
+
+
+class StudyMethod(StrEnum):
+    lstsq = "lstsq"
+    adam = "adam"
+    heads = "heads"
+
+
+@app.command(cls=_ListOptions)
+def study(
+    store: Annotated[Path, typer.Argument(help="feature store holding every network's features")],
+    nets: Annotated[list[str], typer.Option("--nets", help="networks to study (two or more): --nets a b c")],
+    heads: Annotated[list[Path] | None, typer.Option("--heads", help="their head ONNX files, in --nets order")] = None,
+    models: Annotated[Path | None, typer.Option(help="folder with each network's NAME.json sidecar (instead of --heads)")] = None,
+    split: Annotated[str, typer.Option(help="split to fit the maps on")] = "train",
+    eval_split: Annotated[str, typer.Option(help="labelled held-out split to score on")] = "val",
+    method: Annotated[StudyMethod, typer.Option(help="closed form (plus head-only maps), or head-only maps")] = StudyMethod.lstsq,
+    ridge: Annotated[str, typer.Option(help="ridge penalty λ ≥ 0")] = "0",
+    rank: Annotated[int | None, typer.Option(min=1, help="fit the best maps of this rank")] = None,
+    precision: Annotated[PrecisionChoice, typer.Option(
+        help="float32 products summed in float64, or all float64")] = PrecisionChoice.float32,
+    device: Annotated[DeviceChoice, typer.Option(help="auto uses the GPU when CuPy sees one")] = DeviceChoice.auto,
+    max_memory: Annotated[str | None, typer.Option(help="memory for the joint moments, e.g. 8G (default: half the available RAM)")] = None,
+    block_rows: Annotated[int | None, typer.Option(min=1, help="rows per streamed block")] = None,
+    stitch_pair: Annotated[tuple[str, str] | None, typer.Option("--stitch", help="also write the stitched ONNX model A→B: --stitch A B")] = None,
+    dask: Annotated[str | None, typer.Option(help="accumulate on a Dask cluster: scheduler address or local[:N]")] = None,
+    out: Annotated[Path, typer.Option(help="directory for the matrices, pictures, report, maps and saved moments")] = Path("runs/study"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Map every ordered pair of N networks (one pass) and score all maps with every head (one more pass)."""
+    from ..study import parse_bytes, resolve_heads, run_study
+    from ..study_report import study_text, write_study
+
+    with cli_errors(), maybe_dask(dask) as client:
+        if stitch_pair is not None:
+            for name in stitch_pair:
+                if name not in nets:
+                    raise LintwinError(f"--stitch {stitch_pair[0]} {stitch_pair[1]}: {name!r} is not among --nets")
+        s = FeatureStore.open(store)
+        head_paths = resolve_heads(s, eval_split, nets, heads, models)
+        if stitch_pair is not None:  # refuse a missing sidecar before the passes, not after
+            backbone = NetworkSpec.for_model(head_paths[nets.index(stitch_pair[0])]).backbone_path
+        result, maps = run_study(s, nets, head_paths, method=method.value, ridge=parse_ridge(ridge), rank=rank,
+                                 precision=precision.value, device=device.value, split=split, eval_split=eval_split,
+                                 out=out, max_memory=parse_bytes(max_memory) if max_memory else None,
+                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=echo)
+        echo(study_text(result))
+        for kind, kmaps in maps.items():
+            folder = out / "maps" / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for mp in kmaps.values():
+                mp.save(folder / f"{mp.src}_to_{mp.dst}.npz")
+        paths = write_study(result, out)
+        echo(f"wrote {paths['report']}, {paths['json']}, {len([p for p in paths.values() if p.suffix == '.png'])} "
+             f"heatmaps and {sum(len(k) for k in maps.values())} maps under {out}")
+        if stitch_pair is not None:
+            from ..stitch import stitch as do_stitch
+
+            a, b = stitch_pair
+            kind = "heads" if method.value == "heads" else "fitted"
+            st = do_stitch(backbone, maps[kind][(a, b)], head_paths[nets.index(b)],
+                           out / "stitched" / f"{a}_to_{b}.onnx")
+            echo(f"wrote the stitched model {st.model} (image → {b}'s logits through {a}'s features), sidecar "
+                 f"{st.sidecar}; check it on images with lintwin stitch ... --images")
+
+
+@app.command()
+def stitch(
+    backbone: Annotated[Path, typer.Option("--backbone", help="source network A's backbone ONNX (sidecar beside it)")],
+    map_file: Annotated[Path, typer.Option("--map", help="map A→B .npz from solve, compare or study")],
+    head: Annotated[Path, typer.Option("--head", help="target network B's head ONNX")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="stitched model file, NAME.onnx")],
+    images: Annotated[Path | None, typer.Option(help="images to check the stitched model on (folder, .npz or IDX)")] = None,
+    count: Annotated[int, typer.Option(min=1, help="images to check")] = 256,
+) -> None:
+    """Write one ONNX model (image → B's logits through A's features and the map) and check it against the three steps."""
+    from ..stitch import check_stitched
+    from ..stitch import stitch as do_stitch
+
+    with cli_errors():
+        amap = AffineMap.load(map_file)
+        st = do_stitch(backbone, amap, head, output)
+        echo(f"wrote {st.model} (image → {amap.dst}'s logits), {st.backbone.name} + {st.head.name} and the "
+             f"sidecar {st.sidecar.name}")
+        if images is not None:
+            c = check_stitched(st, backbone, amap, head, open_images(images), count=count)
+            echo(f"checked on {c.images} images against backbone → map → head: max logit difference "
+                 f"{c.max_logit_diff:.2e} (largest logit {c.max_logit:.2f}), top-1 agreement {100 * c.top1_agreement:.2f}%")

@@ -1,0 +1,376 @@
+"""Many networks at once: every ordered pair's map from one pass, scored in one more pass.
+
+As in the follow-up paper (McNeely-White et al., "Exploring the interchangeability of CNN
+embedding spaces"): the joint moments of N networks' features, accumulated in one streaming
+pass over the fitting split, hold every pair's moments as sub-blocks, so all N(N−1) closed-form
+maps cost one pass plus N(N−1)/2 small solves. One pass over the evaluation split then scores
+every mapped configuration with every target head: the N×N accuracy and loss matrices, top-1
+agreement and, per ordered pair, the Fig. 5 counts. Maps from the heads alone (no images) are
+scored alongside as a separate, labelled set: they reproduce the source network's logits, so
+their accuracy measures the heads, not whether the features agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._gpu import resolve_device, to_device
+from ._xp import to_numpy
+from .affine import AffineMap
+from .api import maps_from_moments
+from .errors import LintwinError, ModelError, StoreError
+from .experiment import Regions
+from .head_maps import head_map, read_affine_head
+from .metrics import FitMetrics
+from .moments import Moments
+from .multi_moments import (
+    JointMoments,
+    accumulate_joint,
+    accumulate_joint_dask,
+    available_memory,
+    joint_bytes,
+    store_fingerprint,
+)
+from .networks import Head, NetworkSpec, file_sha256
+from .store import FeatureStore
+
+__all__ = ["StudyResult", "parse_bytes", "resolve_heads", "run_study"]
+
+METHODS = ("lstsq", "heads")
+
+
+def parse_bytes(text: str) -> int:
+    """``--max-memory``: a byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise LintwinError(f"--max-memory must be a size such as 8G, 512M or 1000000, got {text!r}")
+    scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * scale)
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps the number at or above 1."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{int(n)} B" if k == 0 else f"{n:.1f} {units[k]}"
+
+
+def resolve_heads(store: FeatureStore, split: str, names: Sequence[str], heads: Sequence[Path] | None,
+                  models: Path | None) -> list[Path]:
+    """The head ONNX file of each network: ``heads`` in order, or ``models/NAME.json`` sidecars.
+
+    A sidecar's backbone must be the model whose features the store holds (same SHA-256),
+    and a head given directly must not belong, by its sidecar, to another network.
+    """
+    if heads:
+        if len(heads) != len(names):
+            raise LintwinError(f"--heads needs one head per network: {len(names)} networks, {len(heads)} heads")
+        for name, head in zip(names, heads):
+            try:
+                owner = NetworkSpec.for_model(head).name
+            except LintwinError:
+                continue
+            if owner != name:
+                raise LintwinError(f"head {head} belongs to network {owner!r}, but is given for {name!r}")
+        return [Path(h) for h in heads]
+    if models is None:
+        raise LintwinError("give the networks' heads: --heads (one per network, in --nets order) or --models DIR "
+                           "(a folder with each network's NAME.json sidecar)")
+    out = []
+    for name in names:
+        spec = NetworkSpec.for_model(Path(models) / f"{name}.json")
+        recorded = store.info(split, name).get("model_sha256")
+        if recorded and spec.backbone_path.is_file() and file_sha256(spec.backbone_path) != recorded:
+            raise LintwinError(f"{spec.backbone_path} is not the model whose features the store holds for "
+                               f"{name!r} (SHA-256 differs)")
+        out.append(spec.head_path)
+    return out
+
+
+@dataclass
+class StudyResult:
+    """Everything a study measured; :meth:`as_dict` is the JSON written next to the pictures."""
+
+    networks: list[str]
+    dims: list[int]
+    method: str
+    fit_split: str
+    eval_split: str
+    images: int
+    n_train: int
+    own_accuracy: list[float]
+    matrices: dict[str, dict[str, list[list[float | None]]]]
+    pairs: dict[str, list[dict[str, Any]]]
+    moments: dict[str, Any]
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    similarity: dict[str, list[list[float | None]]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def ordered(self, kind: str) -> list[dict[str, Any]]:
+        return self.pairs.get(kind, [])
+
+    def median_loss(self, kind: str) -> float | None:
+        losses = [p["loss"] for p in self.ordered(kind)]
+        return float(statistics.median(losses)) if losses else None
+
+
+def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, split: str, precision: str, device: str,
+                 out: Path, max_memory: int, progress: bool, echo: Callable[[str], None],
+                 block_rows: int | None, dask_client: Any = None) -> tuple[Callable[[str, str], Moments], dict[str, Any]]:
+    """Joint moments in one pass when (Σd)² fits in ``max_memory``, else one pass per pair; both cached on disk."""
+
+    def accumulate(nets: list[str]) -> JointMoments:
+        if dask_client is not None:
+            return accumulate_joint_dask(dask_client, store, nets, split=split, precision=precision, device=device,
+                                         progress=progress)
+        return accumulate_joint(store, nets, split=split, precision=precision, device=device, block_rows=block_rows,
+                                progress=progress)
+
+    need = joint_bytes(dims)
+    info: dict[str, Any] = {"joint_bytes": need, "max_memory": max_memory, "sum_dims": int(sum(dims))}
+    cache = out / "moments"
+    if need <= max_memory:
+        echo(f"joint moments of {len(names)} networks: Σd = {sum(dims)}, about {human_bytes(need)} with temporaries "
+             f"(within the budget of {human_bytes(max_memory)}, --max-memory)")
+        path = cache / f"joint_{split}_{precision}.npz"
+        fp = store_fingerprint(store, split, names)
+        jm = JointMoments.load(path, fp)
+        if jm is not None and tuple(jm.names) == tuple(names):
+            echo(f"reusing the joint moments of {len(names)} networks saved in {path}")
+            info.update(mode="joint", reused=True, path=str(path), passes=0)
+        else:
+            t0 = time.perf_counter()
+            jm = accumulate(names)
+            jm.save(path, fp)
+            info.update(mode="joint", reused=False, path=str(path), passes=1,
+                        accumulate_seconds=time.perf_counter() - t0)
+        return jm.pair, info
+    largest = max(joint_bytes([a, b]) for a, b in itertools.combinations(dims, 2))
+    echo(f"joint moments of {len(names)} networks (Σd = {sum(dims)}) need about {human_bytes(need)}, more than "
+         f"--max-memory {human_bytes(max_memory)}: falling back to one pass per pair ({len(names) * (len(names) - 1) // 2} "
+         "passes)")
+    if largest > max_memory:
+        raise LintwinError(f"even one pair's moments need about {human_bytes(largest)}, more than --max-memory "
+                           f"{human_bytes(max_memory)}")
+    pairs: dict[tuple[str, str], JointMoments] = {}
+    t0 = time.perf_counter()
+    reused = 0
+    for a, b in itertools.combinations(names, 2):
+        path = cache / f"pair_{split}_{precision}_{a}__{b}.npz"
+        fp = store_fingerprint(store, split, [a, b])
+        jm = JointMoments.load(path, fp)
+        if jm is None:
+            jm = accumulate([a, b])
+            jm.save(path, fp)
+        else:
+            reused += 1
+        pairs[(a, b)] = jm
+    if reused:
+        echo(f"reused the saved moments of {reused} pair(s) from {cache}")
+    info.update(mode="pairwise", reused=reused, passes=len(pairs) - reused, path=str(cache),
+                accumulate_seconds=time.perf_counter() - t0)
+
+    def pair(a: str, b: str) -> Moments:
+        return pairs[(a, b)].pair(a, b) if (a, b) in pairs else pairs[(b, a)].pair(a, b)
+
+    return pair, info
+
+
+def _affine_heads(heads: Sequence[Path], required: bool, notes: list[str]) -> list[Any] | None:
+    """The heads' weights for head-only maps; without them (not affine) a note, unless they are the method."""
+    try:
+        return [read_affine_head(h) for h in heads]
+    except ModelError as exc:
+        if required:
+            raise
+        notes.append(f"no head-only maps: {exc}")
+        return None
+
+
+def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], *, method: str = "lstsq",
+              ridge: float | str = 0.0, rank: int | None = None, precision: str = "float32", device: str = "auto",
+              split: str = "train", eval_split: str = "val", out: Path = Path("runs/study"),
+              max_memory: int | None = None, block_rows: int | None = None, progress: bool = True,
+              dask_client: Any = None, echo: Callable[[str], None] = print) -> tuple[StudyResult, dict[str, dict[tuple[str, str], AffineMap]]]:
+    """Fit every ordered pair's map among ``names`` and score them all with the target heads."""
+    names = list(names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise LintwinError(f"a study needs at least two distinct networks, got {names}")
+    if method not in METHODS:
+        if method == "adam":
+            raise LintwinError("--method adam is not available in a study (it needs one long fit per ordered pair); "
+                               "use lintwin compare --method adam for the pairs you need")
+        raise LintwinError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(ridge, str):
+        raise LintwinError("--ridge auto is not available in a study yet; give a number (λ ≥ 0)")
+    if ridge < 0:
+        raise LintwinError(f"--ridge must be ≥ 0, got {ridge}")
+    device = resolve_device(device)
+    for sp in ([split] if method != "heads" else []) + [eval_split]:
+        if sp not in store.splits():
+            raise StoreError(f"split {sp!r} not in {store.path} (splits: {', '.join(store.splits()) or 'none'})")
+        for name in names:
+            store.features(sp, name)  # clear errors for unknown or half-written features
+    labels = store.labels(eval_split)
+    if labels is None or np.any(labels < 0):
+        raise StoreError(f"split {eval_split!r} needs a label for every image to score the maps")
+    dims = [int(store.info(eval_split, n)["dim"]) for n in names]
+    head_objs = [Head(h) for h in heads]
+    for name, dim, head in zip(names, dims, head_objs):
+        head.check_dim(dim, f"features of {name!r} have")
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    maps: dict[str, dict[tuple[str, str], AffineMap]] = {}
+    moments_info: dict[str, Any] = {"mode": "none"}
+    similarity: dict[str, list[list[float | None]]] = {}
+    n_train = 0
+    if method == "lstsq":
+        fit_dims = [int(store.info(split, n)["dim"]) for n in names]
+        if fit_dims != dims:
+            raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
+        budget = max_memory if max_memory is not None else available_memory() // 2
+        pair, moments_info = _fit_moments(store, names, dims, split=split, precision=precision, device=device,
+                                          out=out, max_memory=budget, progress=progress, echo=echo,
+                                          block_rows=block_rows, dask_client=dask_client)
+        t0 = time.perf_counter()
+        fitted: dict[tuple[str, str], AffineMap] = {}
+        for a, b in itertools.combinations(names, 2):
+            m = pair(a, b)
+            n_train = m.n
+            for mp in maps_from_moments(m, ridge=float(ridge), both=True, rank=rank):
+                mp.src_model_sha256 = store.info(split, mp.src).get("model_sha256")
+                mp.dst_model_sha256 = store.info(split, mp.dst).get("model_sha256")
+                fitted[(mp.src, mp.dst)] = mp
+        maps["fitted"] = fitted
+        timings["solve_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        similarity = _similarity_matrices(names, pair, notes)
+        timings["similarity_seconds"] = time.perf_counter() - t0
+        if "accumulate_seconds" in moments_info:
+            timings["accumulate_seconds"] = moments_info["accumulate_seconds"]
+    affine = _affine_heads(heads, method == "heads", notes)
+    if affine is not None and method != "heads" and len({h.classes for h in affine}) > 1:
+        notes.append("no head-only maps: the heads classify different numbers of classes")
+        affine = None
+    if affine is not None:
+        hm = {}
+        for (i, a), (j, b) in itertools.permutations(enumerate(names), 2):
+            hm[(a, b)] = head_map(affine[i], affine[j], a, b)
+        maps["heads"] = hm
+        inexact = [mp.name for mp in hm.values() if not mp.stats["exact"]]
+        if inexact:
+            notes.append(f"head-only maps are least-squares (not exact) for {', '.join(inexact)}: the target head has "
+                         "more classes than feature dimensions")
+    t0 = time.perf_counter()
+    scores = _score(store, eval_split, names, head_objs, maps, labels, device, progress)
+    timings["eval_seconds"] = time.perf_counter() - t0
+    result = _assemble(names, dims, method, split, eval_split, labels, n_train, scores, maps, moments_info,
+                       timings, notes)
+    result.similarity = similarity
+    return result, maps
+
+
+SIMILARITY = ("cka", "cca_mean_rho", "svcca", "pwcca", "procrustes")
+
+
+def _similarity_matrices(names: list[str], pair: Callable[[str, str], Moments],
+                         notes: list[str]) -> dict[str, list[list[float | None]]]:
+    """Symmetric similarity measures (:func:`lintwin.similarity.similarity`) of every pair, from the same moments."""
+    try:
+        from .similarity import similarity
+    except ImportError:
+        return {}
+    mats: dict[str, list[list[float | None]]] = {k: [[None] * len(names) for _ in names] for k in SIMILARITY}
+    for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+        try:
+            values = similarity(pair(a, b), predictivity=False).values
+        except LintwinError as exc:
+            notes.append(f"no similarity of {a} and {b}: {exc}")
+            continue
+        for k in SIMILARITY:
+            v = values.get(k)
+            mats[k][i][j] = mats[k][j][i] = None if v is None else float(v)
+    return mats
+
+
+@dataclass
+class _Scores:
+    own: list[np.ndarray]
+    mapped: dict[str, dict[tuple[str, str], np.ndarray]]
+    metrics: dict[str, dict[tuple[str, str], FitMetrics]]
+
+
+def _score(store: FeatureStore, split: str, names: list[str], heads: list[Head],
+           maps: dict[str, dict[tuple[str, str], AffineMap]], labels: np.ndarray, device: str,
+           progress: bool) -> _Scores:
+    """One pass over ``split``: own predictions, every map's predictions under the target head, feature metrics."""
+    index = {n: k for k, n in enumerate(names)}
+    own: list[list[np.ndarray]] = [[] for _ in names]
+    mapped = {kind: {key: [] for key in kmaps} for kind, kmaps in maps.items()}
+    metrics = {kind: {key: FitMetrics() for key in kmaps} for kind, kmaps in maps.items()}
+    configs = len(names) + sum(len(k) for k in maps.values())
+    with tqdm(total=len(labels), desc=f"score {split} ({configs} configurations)", unit="rows", unit_scale=True,
+              disable=not progress) as bar:
+        for _, blocks in store.iter_blocks(split, names):
+            for k, x in enumerate(blocks):
+                own[k].append(heads[k].predict(x))
+            dev = [to_device(x, device) for x in blocks]
+            for kind, kmaps in maps.items():
+                for (a, b), mp in kmaps.items():
+                    y = mp.apply(dev[index[a]])
+                    metrics[kind][(a, b)].update(y, dev[index[b]])
+                    mapped[kind][(a, b)].append(heads[index[b]].predict(np.asarray(to_numpy(y), np.float32)))
+            bar.update(blocks[0].shape[0])
+    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return _Scores([cat(p) for p in own], {kind: {key: cat(v) for key, v in d.items()} for kind, d in mapped.items()},
+                   metrics)
+
+
+def _assemble(names: list[str], dims: list[int], method: str, split: str, eval_split: str, labels: np.ndarray,
+              n_train: int, scores: _Scores, maps: dict[str, dict[tuple[str, str], AffineMap]],
+              moments_info: dict[str, Any], timings: dict[str, float], notes: list[str]) -> StudyResult:
+    n = len(labels)
+    hits_own = [p == labels for p in scores.own]
+    own_acc = [100.0 * float(h.mean()) for h in hits_own]
+    matrices: dict[str, dict[str, list[list[float | None]]]] = {}
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    for kind, kmaps in maps.items():
+        acc = [[own_acc[i] if i == j else None for j in range(len(names))] for i in range(len(names))]
+        loss = [[0.0 if i == j else None for j in range(len(names))] for i in range(len(names))]
+        agree = [[100.0 if i == j else None for j in range(len(names))] for i in range(len(names))]
+        r2 = [[1.0 if i == j else None for j in range(len(names))] for i in range(len(names))]
+        rows = []
+        for (a, b), mp in kmaps.items():
+            i, j = names.index(a), names.index(b)
+            pred = scores.mapped[kind][(a, b)]
+            hit = pred == labels
+            reg = Regions.from_hits(a, b, hits_own[i], hits_own[j], hit)
+            fm = scores.metrics[kind][(a, b)].result()
+            acc[i][j] = 100.0 * float(hit.mean())
+            loss[i][j] = own_acc[j] - acc[i][j]
+            agree[i][j] = 100.0 * float((pred == scores.own[j]).mean())
+            r2[i][j] = fm["r2"]
+            rows.append({"src": a, "dst": b, "map": mp.name, "method": mp.method, "correct": int(hit.sum()),
+                         "accuracy": acc[i][j], "target_own_accuracy": own_acc[j], "loss": loss[i][j],
+                         "agreement": agree[i][j], "target_errors": reg.b_errors, "fixed": reg.fixed_by_map,
+                         "broken": reg.broken_by_map, "regions": reg.counts, "feature_metrics": fm,
+                         "map_stats": {k: v for k, v in mp.stats.items() if isinstance(v, (int, float, str, bool))}})
+        matrices[kind] = {"accuracy": acc, "loss": loss, "agreement": agree, "r2": r2}
+        pairs[kind] = rows
+    return StudyResult(names, dims, method, split, eval_split, n, n_train, own_acc, matrices, pairs, moments_info,
+                       timings, notes)
