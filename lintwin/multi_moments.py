@@ -165,6 +165,33 @@ def accumulate_joint(store: FeatureStore, names: Sequence[str], *, split: str = 
     return jm
 
 
+def accumulate_joint_folds(store: FeatureStore, names: Sequence[str], *, k: int = 5, split: str = "train",
+                           precision: str = "float32", device: str = "auto", seed: int = 0,
+                           progress: bool = True) -> list[JointMoments]:
+    """One streaming pass: the joint moments of each of ``k`` image folds of ``split`` (for ridge CV).
+
+    Folds are over images, as :func:`lintwin.folds.image_folds` makes them (all views of an image in
+    one fold), so every pair's fold moments equal those of a two-network fold pass.
+    """
+    from .folds import image_folds
+
+    device = resolve_device(device)
+    dims = [int(store.info(split, name)["dim"]) for name in names]
+    n = store.rows(split)
+    fold_of_row = image_folds(store.ids(split), n, k, seed)
+    out = [JointMoments(names, dims, precision) for _ in range(k)]  # type: ignore[arg-type]
+    with tqdm(total=n, desc=f"joint fold moments {split} ({len(names)} networks)", unit="rows", unit_scale=True,
+              disable=not progress) as bar:
+        for lo, blocks in store.iter_blocks(split, list(names)):
+            fold = fold_of_row[lo : lo + blocks[0].shape[0]]
+            for j, jm in enumerate(out):
+                rows = np.nonzero(fold == j)[0]
+                if len(rows):
+                    jm.update([to_device(x[rows], device) for x in blocks])
+            bar.update(blocks[0].shape[0])
+    return out
+
+
 def _joint_range(path: str, split: str, names: list[str], lo: int, hi: int, precision: str,
                  device: str) -> tuple[int, np.ndarray, np.ndarray]:
     """Runs on a Dask worker: the joint moments of rows ``lo..hi``, on its GPU when it has one."""

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ._gpu import resolve_device, to_device
 from ._xp import to_numpy
 from .affine import AffineMap
-from .api import maps_from_moments
+from .api import fit_ridge_cv, fit_store, maps_from_moments
 from .errors import LintwinError, ModelError, StoreError
 from .experiment import Regions
 from .head_maps import head_map, read_affine_head
@@ -37,16 +37,18 @@ from .multi_moments import (
     JointMoments,
     accumulate_joint,
     accumulate_joint_dask,
+    accumulate_joint_folds,
     available_memory,
     joint_bytes,
     store_fingerprint,
 )
 from .networks import Head, NetworkSpec, file_sha256
+from .solvers import AdamOptions
 from .store import FeatureStore
 
 __all__ = ["StudyResult", "parse_bytes", "resolve_heads", "run_study"]
 
-METHODS = ("lstsq", "heads")
+METHODS = ("lstsq", "adam", "heads")
 
 
 def parse_bytes(text: str) -> int:
@@ -206,20 +208,34 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
               ridge: float | str = 0.0, rank: int | None = None, precision: str = "float32", device: str = "auto",
               split: str = "train", eval_split: str = "val", out: Path = Path("runs/study"),
               max_memory: int | None = None, block_rows: int | None = None, progress: bool = True,
-              dask_client: Any = None, echo: Callable[[str], None] = print) -> tuple[StudyResult, dict[str, dict[tuple[str, str], AffineMap]]]:
-    """Fit every ordered pair's map among ``names`` and score them all with the target heads."""
+              dask_client: Any = None, echo: Callable[[str], None] = print, folds: int = 5,
+              adam: AdamOptions | None = None,
+              init: str = "random") -> tuple[StudyResult, dict[str, dict[tuple[str, str], AffineMap]]]:
+    """Fit every ordered pair's map among ``names`` and score them all with the target heads.
+
+    ``method="lstsq"`` fits all maps from one pass of joint moments (``ridge="auto"``: λ per
+    ordered pair by ``folds``-fold CV over images, from one pass of per-fold joint moments);
+    ``"adam"`` runs the paper's Adam for every ordered pair (``adam`` options, ``init``);
+    ``"heads"`` uses only the head-only maps.
+    """
     names = list(names)
     if len(names) < 2 or len(set(names)) != len(names):
         raise LintwinError(f"a study needs at least two distinct networks, got {names}")
     if method not in METHODS:
-        if method == "adam":
-            raise LintwinError("--method adam is not available in a study (it needs one long fit per ordered pair); "
-                               "use lintwin compare --method adam for the pairs you need")
         raise LintwinError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(ridge, str):
-        raise LintwinError("--ridge auto is not available in a study yet; give a number (λ ≥ 0)")
-    if ridge < 0:
+        if ridge != "auto":
+            raise LintwinError(f"--ridge must be a number ≥ 0 or 'auto', got {ridge!r}")
+        if dask_client is not None:
+            raise LintwinError("--ridge auto accumulates fold moments on one machine; drop --dask")
+    elif isinstance(ridge, (tuple, list)):
+        raise LintwinError("a study takes one λ for every pair (or 'auto'), not one per direction")
+    elif ridge < 0:
         raise LintwinError(f"--ridge must be ≥ 0, got {ridge}")
+    if method == "adam":
+        (adam or AdamOptions()).validate()
+        if dask_client is not None:
+            raise LintwinError("--dask runs the closed-form accumulation; use it with --method lstsq")
     device = resolve_device(device)
     for sp in ([split] if method != "heads" else []) + [eval_split]:
         if sp not in store.splits():
@@ -239,7 +255,56 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
     moments_info: dict[str, Any] = {"mode": "none"}
     similarity: dict[str, list[list[float | None]]] = {}
     n_train = 0
-    if method == "lstsq":
+    if method == "lstsq" and ridge == "auto":
+        fit_dims = [int(store.info(split, n)["dim"]) for n in names]
+        if fit_dims != dims:
+            raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
+        budget = max_memory if max_memory is not None else available_memory() // 2
+        need = folds * joint_bytes(dims)
+        if need > budget:
+            raise LintwinError(f"--ridge auto keeps {folds} folds of joint moments, about {human_bytes(need)}, more "
+                               f"than --max-memory {human_bytes(budget)}; give a λ, fewer --folds or fewer networks")
+        t0 = time.perf_counter()
+        fold_jms = accumulate_joint_folds(store, names, k=folds, split=split, precision=precision, device=device,
+                                          progress=progress)
+        timings["accumulate_seconds"] = time.perf_counter() - t0
+        moments_info = {"mode": "joint folds", "folds": folds, "passes": 1, "joint_bytes": need}
+        t0 = time.perf_counter()
+        fitted = {}
+        for a, b in itertools.combinations(names, 2):
+            fm = [jm.pair(a, b) for jm in fold_jms]
+            n_train = sum(m.n for m in fm)
+            for mp in fit_ridge_cv(fm, both=True, rank=rank):
+                mp.src_model_sha256 = store.info(split, mp.src).get("model_sha256")
+                mp.dst_model_sha256 = store.info(split, mp.dst).get("model_sha256")
+                fitted[(mp.src, mp.dst)] = mp
+        maps["fitted"] = fitted
+        timings["solve_seconds"] = time.perf_counter() - t0
+        merged = {}
+
+        def pair(a: str, b: str) -> Moments:
+            if (a, b) not in merged:
+                merged[(a, b)] = Moments.merged([jm.pair(a, b) for jm in fold_jms])
+            return merged[(a, b)]
+
+        t0 = time.perf_counter()
+        similarity = _similarity_matrices(names, pair, notes)
+        timings["similarity_seconds"] = time.perf_counter() - t0
+    elif method == "adam":
+        t0 = time.perf_counter()
+        fitted = {}
+        for a, b in itertools.combinations(names, 2):
+            ab, ba = fit_store(store, a, b, split=split, method="adam", ridge=ridge, precision=precision,
+                               device=device, both=True, adam=adam, init=init, progress=progress,  # type: ignore[arg-type]
+                               folds=folds)
+            fitted[(a, b)], fitted[(b, a)] = ab, ba
+            n_train = ab.n_train
+        maps["fitted"] = fitted
+        timings["adam_seconds"] = time.perf_counter() - t0
+        notes.append(f"maps fitted with the paper's Adam ({(adam or AdamOptions()).iterations} iterations, "
+                     f"{(adam or AdamOptions()).variant} variant, init {init}) for every ordered pair; no similarity "
+                     "matrices (they come from the closed form's moments)")
+    elif method == "lstsq":
         fit_dims = [int(store.info(split, n)["dim"]) for n in names]
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")

@@ -95,6 +95,33 @@ def test_every_study_map_equals_the_pairwise_fit(synth, tmp_path):
             assert got.n_train == mp.n_train == 3000
 
 
+def test_ridge_auto_study_maps_equal_the_pairwise_cv_fits(synth, tmp_path):
+    """λ per ordered pair by CV over images, from one pass of per-fold joint moments."""
+    store, heads, _ = synth
+    res, maps = run_study(store, NETS, heads, ridge="auto", folds=3, precision="float64", device="cpu",
+                          out=tmp_path, progress=False, echo=lambda s: None)
+    assert res.moments["mode"] == "joint folds" and len(maps["fitted"]) == 12
+    for a, b in [("A", "B"), ("D", "C")]:
+        ref = fit_store(store, a, b, ridge="auto", folds=3, precision="float64", device="cpu", both=True,
+                        progress=False)
+        for mp in ref:
+            got = maps["fitted"][(mp.src, mp.dst)]
+            assert got.options["chosen_ridge"] == mp.options["chosen_ridge"] > 0
+            np.testing.assert_allclose(got.weight, mp.weight, rtol=0, atol=1e-9 * np.abs(mp.weight).max())
+
+
+def test_adam_study_maps_equal_the_pairwise_adam_fits(synth, tmp_path):
+    from lintwin import AdamOptions
+
+    store, heads, _ = synth
+    opts = AdamOptions(lr=0.01, batch=256, iterations=30)
+    _, maps = run_study(store, ("A", "B", "C"), heads[:3], method="adam", adam=opts, device="cpu", out=tmp_path,
+                        progress=False, echo=lambda s: None)
+    assert len(maps["fitted"]) == 6 and all(mp.method == "adam" for mp in maps["fitted"].values())
+    for mp in fit_store(store, "A", "C", method="adam", adam=opts, device="cpu", both=True, progress=False):
+        np.testing.assert_array_equal(maps["fitted"][(mp.src, mp.dst)].weight, mp.weight)
+
+
 def test_float32_study_maps_equal_the_pairwise_fit_to_float32_rounding(synth, tmp_path):
     store, heads, _ = synth
     _, maps = run_study(store, NETS, heads, device="cpu", out=tmp_path, progress=False, echo=lambda s: None)
@@ -236,8 +263,9 @@ def test_cli_study_writes_matrices_pictures_report(synth, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--nets", "A"], "at least two distinct networks"),
     (["--nets", "A", "Z"], "network 'Z' not in split"),
-    (["--nets", "A", "B", "--ridge", "auto"], "--ridge auto is not available in a study"),
-    (["--nets", "A", "B", "--method", "adam"], "--method adam is not available in a study"),
+    (["--nets", "A", "B", "--ridge", "-1"], "--ridge expects finite numbers"),
+    (["--nets", "A", "B", "--ridge", "1,2"], "one λ for every pair"),
+    (["--nets", "A", "B", "--method", "adam", "--lr", "0"], "learning rate must be"),
     (["--nets", "A", "B", "--eval-split", "train"], "needs a label for every image"),
     (["--nets", "A", "B", "--max-memory", "lots"], "--max-memory must be a size"),
     (["--nets", "A", "B", "--stitch", "A", "Z"], "'Z' is not among --nets"),

@@ -13,8 +13,19 @@ from ..affine import AffineMap
 from ..errors import LintwinError
 from ..images import open_images
 from ..networks import NetworkSpec
+from ..solvers import AdamOptions
 from ..store import FeatureStore
-from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask, parse_ridge
+from ._common import (
+    AdamVariant,
+    DeviceChoice,
+    InitChoice,
+    PrecisionChoice,
+    app,
+    cli_errors,
+    echo,
+    maybe_dask,
+    parse_ridge,
+)
 
 _MULTI = ("--nets", "--heads")
 
@@ -49,8 +60,20 @@ def study(
     models: Annotated[Path | None, typer.Option(help="folder with each network's NAME.json sidecar (instead of --heads)")] = None,
     split: Annotated[str, typer.Option(help="split to fit the maps on")] = "train",
     eval_split: Annotated[str, typer.Option(help="labelled held-out split to score on")] = "val",
-    method: Annotated[StudyMethod, typer.Option(help="closed form (plus head-only maps), or head-only maps")] = StudyMethod.lstsq,
-    ridge: Annotated[str, typer.Option(help="ridge penalty λ ≥ 0")] = "0",
+    method: Annotated[StudyMethod, typer.Option(
+        help="closed form (plus head-only maps), the paper's Adam for every ordered pair, or head-only maps")
+    ] = StudyMethod.lstsq,
+    ridge: Annotated[str, typer.Option(help="ridge penalty λ ≥ 0 for every pair, or 'auto': λ per ordered pair by "
+                                            "K-fold CV over images, from one pass")] = "0",
+    folds: Annotated[int, typer.Option(min=2, help="folds for --ridge auto")] = 5,
+    iterations: Annotated[int, typer.Option(min=1, help="Adam iterations")] = 100_000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 0.1,
+    decay: Annotated[float, typer.Option(help="Adam lr decay per iteration, in [0, 1)")] = 1e-5,
+    batch: Annotated[int, typer.Option(min=1, help="Adam batch rows")] = 2048,
+    seed: Annotated[int, typer.Option(help="Adam seed")] = 0,
+    init: Annotated[InitChoice, typer.Option(help="Adam start: random or the closed-form map")] = InitChoice.random,
+    adam_variant: Annotated[AdamVariant, typer.Option(
+        help="Adam: tensorflow (TF1's, as the paper ran it) or kingma (Kingma & Ba's)")] = AdamVariant.tensorflow,
     rank: Annotated[int | None, typer.Option(min=1, help="fit the best maps of this rank")] = None,
     precision: Annotated[PrecisionChoice, typer.Option(
         help="float32 products summed in float64, or all float64")] = PrecisionChoice.float32,
@@ -78,7 +101,10 @@ def study(
         result, maps = run_study(s, nets, head_paths, method=method.value, ridge=parse_ridge(ridge), rank=rank,
                                  precision=precision.value, device=device.value, split=split, eval_split=eval_split,
                                  out=out, max_memory=parse_bytes(max_memory) if max_memory else None,
-                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=echo)
+                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=echo,
+                                 folds=folds, init=init.value,
+                                 adam=AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed,
+                                                  variant=adam_variant.value))
         echo(study_text(result))
         for kind, kmaps in maps.items():
             folder = out / "maps" / kind
