@@ -17,6 +17,8 @@ from ..affine import AffineMap
 from ..errors import LintwinError
 from ..solvers import PrecisionWarning, RankWarning
 
+_MAX_WARNINGS = 4  # solver warnings shown one by one before the rest are summed up
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Do two neural networks extract the same information? Fit and score affine "
                        "maps between their features.")
@@ -65,9 +67,14 @@ def cli_errors() -> Iterator[None]:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None
         finally:
-            for w in caught:
-                if issubclass(w.category, (RankWarning, PrecisionWarning)):
-                    typer.echo(f"Warning: {w.message}", err=True)
+            shown = [w for w in caught if issubclass(w.category, (RankWarning, PrecisionWarning))]
+            for w in shown[:_MAX_WARNINGS]:
+                typer.echo(f"Warning: {w.message}", err=True)
+            if len(shown) > _MAX_WARNINGS:  # e.g. a study of many networks: one line per map would drown the table
+                rest = shown[_MAX_WARNINGS:]
+                kinds = sorted({w.category.__name__ for w in rest})
+                typer.echo(f"Warning: {len(rest)} more map(s) warned likewise ({', '.join(kinds)}); each map's "
+                           "file records its condition and expected error", err=True)
 
 
 def echo(text: str) -> None:
