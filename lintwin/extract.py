@@ -278,16 +278,4 @@ def _clear(store: FeatureStore, split: str, name: str | None, index: bool) -> No
     ``_prepare_split`` decided both; an empty array or index was left by a killed run and holds
     nothing, and a written array is removed only when the user asked to overwrite it.
     """
-    if split not in store.splits():
-        return
-    # the store's write locks first, so that a concurrent writer of these arrays is refused, not undercut
-    if name is not None:
-        store._lock(split, f"features.{name}")
-    for key in ("labels", "ids") if index else ():
-        store._lock(split, key)
-    group = store.group[split]
-    if name is not None and name in store.networks(split):
-        del group["features"][name]
-    for key in ("labels", "ids") if index else ():
-        if key in group:
-            del group[key]
+    store.remove(split, network=name, index=index)

@@ -364,6 +364,28 @@ class FeatureStore:
             raise StoreError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
         self._locks[tag] = lock
 
+    def remove(self, split: str, *, network: str | None = None, index: bool = False) -> None:
+        """Remove ``network``'s feature array and/or (``index``) the split's labels and ids, under their write locks.
+
+        For writers replacing what a killed run left empty, or what ``--overwrite`` replaces; a
+        concurrent writer of the same arrays is refused, never undercut.
+        """
+        check_name(split, "split")
+        if network is not None:
+            check_name(network)
+        if split not in self.splits():
+            return
+        if network is not None:
+            self._lock(split, f"features.{network}")
+        for key in ("labels", "ids") if index else ():
+            self._lock(split, key)
+        group = self.group[split]
+        if network is not None and network in self.networks(split):
+            del group["features"][network]
+        for key in ("labels", "ids") if index else ():
+            if key in group:
+                del group[key]
+
     def _check_rows(self, split: str, name: str, rows: int) -> None:
         if split not in self.splits():
             return
