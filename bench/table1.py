@@ -53,10 +53,10 @@ def build_imagenet(out: Path, models: Path, views: int) -> tuple[FeatureStore, l
 
 
 def run(store: FeatureStore, specs: list[NetworkSpec], out: Path, label: str, adam_iterations: int,
-        ridge: float) -> dict:
+        ridge: float, methods: tuple[str, ...] = ("lstsq", "adam")) -> dict:
     heads = [Head(s.head_path) for s in specs]
     results = {}
-    for method in ("lstsq", "adam"):
+    for method in methods:
         t0 = time.perf_counter()
         adam = AdamOptions(iterations=adam_iterations)
         result, _ = compare(store, specs[0].name, specs[1].name, heads[0], heads[1], method=method, ridge=ridge,
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--adam-iterations", type=int, default=20000)
     ap.add_argument("--views", type=int, default=8, help="augmented views per ImageNet fitting photo")
     ap.add_argument("--imagenet-ridge", type=float, default=0.0)
+    ap.add_argument("--methods", nargs="+", choices=["lstsq", "adam"], default=["lstsq", "adam"])
     ap.add_argument("--models", type=Path, default=ROOT / "models" / "imagenet")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "table1")
     args = ap.parse_args()
@@ -83,10 +84,11 @@ def main() -> None:
     summary = {}
     if args.pair in ("fashion", "both"):
         store, specs = build_fashion(args.out)
-        summary["fashion"] = run(store, specs, args.out, "fashion", args.adam_iterations, 0.0)
+        summary["fashion"] = run(store, specs, args.out, "fashion", args.adam_iterations, 0.0, tuple(args.methods))
     if args.pair in ("imagenet", "both"):
         store, specs = build_imagenet(args.out, args.models, args.views)
-        summary["imagenet"] = run(store, specs, args.out, "imagenet", args.adam_iterations, args.imagenet_ridge)
+        summary["imagenet"] = run(store, specs, args.out, "imagenet", args.adam_iterations, args.imagenet_ridge,
+                                  tuple(args.methods))
     (args.out / f"table1_{args.pair}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
 
