@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -90,6 +90,24 @@ def ridge_summary(mp: AffineMap) -> str:
         figures += f", held-out top-1 agreement {100 * cv['agreement'][i]:.2f}%"
     return (f"{mp.name}: λ = {cv['chosen']:.4g} chosen by {cv['folds']}-fold CV over images, criterion "
             f"{cv['scored_by']} ({figures})")
+
+
+# Options shared by solve, compare and study (and the Adam settings, the same in all three).
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate")]
+DecayOpt = Annotated[float, typer.Option("--decay", help="Adam lr decay per iteration, in [0, 1)")]
+AdamBatchOpt = Annotated[int, typer.Option("--batch", min=1, help="Adam batch rows")]
+IterationsOpt = Annotated[int, typer.Option("--iterations", min=1, help="Adam iterations")]
+AdamSeedOpt = Annotated[int, typer.Option("--seed", help="Adam seed (initial weights and batches)")]
+InitOpt = Annotated[InitChoice, typer.Option("--init", help="Adam start: random weights or the closed-form map")]
+VariantOpt = Annotated[AdamVariant, typer.Option(
+    "--adam-variant", help="Adam: tensorflow (TF1's, as the paper ran it) or kingma (Kingma & Ba's)")]
+PrecisionOpt = Annotated[PrecisionChoice, typer.Option(
+    "--precision", help="float32 products summed in float64, or all float64")]
+DeviceOpt = Annotated[DeviceChoice, typer.Option("--device", help="auto uses the GPU when CuPy sees one")]
+FoldsOpt = Annotated[int, typer.Option("--folds", min=2, help="folds for --ridge auto")]
+DaskOpt = Annotated[Optional[str], typer.Option(
+    "--dask", help="accumulate on a Dask cluster: scheduler address or local[:N]")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
 RIDGE_HELP = ("ridge λ on the weights: one number (both directions), two as 'λ_AB,λ_BA', or 'auto' for "
