@@ -18,12 +18,14 @@ from ._gpu import resolve_device, to_device
 from ._xp import namespace, row_spans, to_numpy
 from .affine import AffineMap
 from .batches import ArrayBatches, StoreBatches
+from .distributed import accumulate_dask
 from .errors import LintwinError, ShapeError
 from .folds import accumulate_folds, accumulate_folds_arrays
 from .metrics import FitMetrics
-from .moments import Moments, check_finite, check_pair
+from .moments import Moments, check_pair, locate_nonfinite
 from .ridge_agreement import agreement_path
 from .solvers import AdamOptions, RidgeCV, check_ridge, fit_adam, reduce_rank, ridge_cv, solve_affine
+from .solvers.conditioning import constant_units
 from .store import FeatureStore
 
 Method = Literal["lstsq", "adam"]
@@ -39,7 +41,6 @@ __all__ = [
     "fit",
     "fit_ridge_cv",
     "fit_store",
-    "locate_nonfinite",
     "maps_from_moments",
     "moment_metrics",
 ]
@@ -59,9 +60,7 @@ def accumulate_arrays(a: Any, b: Any, *, names: tuple[str, str] = ("A", "B"),
     for lo, hi in spans:
         m.update(a[lo:hi, ...], b[lo:hi, ...])
     if not m.is_finite():
-        for lo, hi in spans:
-            check_finite(a[lo:hi, ...], names[0], lo)
-            check_finite(b[lo:hi, ...], names[1], lo)
+        locate_nonfinite(((lo, (a[lo:hi, ...], b[lo:hi, ...])) for lo, hi in spans), names)
         m.check_finite()  # finite values whose float32 products overflow
     return m
 
@@ -79,16 +78,9 @@ def accumulate_store(store: FeatureStore, src: str, dst: str, *, split: str = "t
             m.update(to_device(a, device), to_device(b, device))
             bar.update(a.shape[0])
     if not m.is_finite():
-        locate_nonfinite(store, split, [src, dst])
+        locate_nonfinite(store.iter_blocks(split, [src, dst]), (src, dst))
         m.check_finite()
     return m
-
-
-def locate_nonfinite(store: FeatureStore, split: str, names: Sequence[str]) -> None:
-    """Re-read ``split`` and raise :class:`NonFiniteError` naming the first rows with NaN/Inf, if any."""
-    for lo, blocks in store.iter_blocks(split, list(names)):
-        for name, x in zip(names, blocks):
-            check_finite(x, name, lo)
 
 
 def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both: bool = False,
@@ -112,17 +104,19 @@ def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both:
             b = my - w @ mx
             info["map_rank"] = rank
         info["solve_seconds"] = time.perf_counter() - t0
-        info["train_metrics"] = moment_metrics(w, sxx, sxy, syy, m.n)
+        info["train_metrics"] = moment_metrics(w, sxx, sxy, syy, my, m.n, m.precision)
         options = {"ridge": lam, "precision": m.precision} | ({"rank": rank} if rank is not None else {})
         maps.append(AffineMap(w, b, src=s, dst=d, method="lstsq", n_train=m.n, stats=info, options=options))
     return maps
 
 
-def moment_metrics(weight: Any, sxx: Any, sxy: Any, syy: Any, n: int) -> dict[str, Any]:
+def moment_metrics(weight: Any, sxx: Any, sxy: Any, syy: Any, mean_y: Any, n: int,
+                   precision: str) -> dict[str, Any]:
     """Exact training R² of an affine map whose bias fits the means, from the co-moments alone.
 
     SSE = tr(Syy) − 2 tr(W Sxy) + tr(W Sxx W^T); R² = 1 − SSE / tr(Syy), overall
-    (variance-weighted) and per target dimension. No pass over the rows is needed.
+    (variance-weighted) and per target dimension (NaN for target units that are constant by the
+    solver's rule). No pass over the rows is needed.
     """
     xp = namespace(weight, sxx)
     wsxy = xp.sum(weight * xp.matrix_transpose(sxy), axis=1)                  # diag(W Sxy)
@@ -130,8 +124,9 @@ def moment_metrics(weight: Any, sxx: Any, sxy: Any, syy: Any, n: int) -> dict[st
     tot = xp.linalg.diagonal(syy)
     sse = xp.maximum(tot - 2.0 * wsxy + wsw, xp.zeros_like(tot))
     sse_all, tot_all = float(xp.sum(sse)), float(xp.sum(tot))
-    per_dim = to_numpy(xp.where(tot > 0, 1.0 - sse / xp.where(tot > 0, tot, xp.ones_like(tot)),
-                                xp.full_like(tot, float("nan"))))
+    const = constant_units(tot, mean_y, n, precision, xp=xp)
+    per_dim = to_numpy(xp.where(const, xp.full_like(tot, float("nan")),
+                                1.0 - sse / xp.where(const, xp.ones_like(tot), tot)))
     return {"rows": int(n), "r2": 1.0 - sse_all / tot_all if tot_all > 0 else float("nan"),
             "r2_per_dim": [float(v) for v in per_dim], "from": "moments"}
 
@@ -292,8 +287,6 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
         maps = fit_ridge_cv(fm, both=both, rank=rank, agreement=agreement, criterion=ridge_criterion)
     elif method == "lstsq" or init == "lstsq":
         if dask_client is not None:
-            from .distributed import accumulate_dask
-
             m = accumulate_dask(dask_client, store, src, dst, split=split, precision=precision,
                                 device=worker_device, progress=progress)
         else:
@@ -331,9 +324,7 @@ def evaluate(mp: AffineMap, x: Any, y: Any, *, block_rows: int = _BLOCK) -> dict
     for lo, hi in spans:
         acc.update(mp.apply(x[lo:hi, ...]), y[lo:hi, ...])
     if not acc.is_finite():
-        for lo, hi in spans:
-            check_finite(x[lo:hi, ...], mp.src, lo)
-            check_finite(y[lo:hi, ...], mp.dst, lo)
+        locate_nonfinite(((lo, (x[lo:hi, ...], y[lo:hi, ...])) for lo, hi in spans), (mp.src, mp.dst))
     return acc.result(scale_free=mp.method == "adam")
 
 
@@ -363,5 +354,5 @@ def evaluate_store_maps(maps: Sequence[AffineMap], store: FeatureStore, split: s
                 acc.update(mp.apply(feats[mp.src]), feats[mp.dst])
             bar.update(blocks[0].shape[0])
     if not all(acc.is_finite() for acc in accs):
-        locate_nonfinite(store, split, names)
+        locate_nonfinite(store.iter_blocks(split, names), names)
     return [acc.result(scale_free=mp.method == "adam") for mp, acc in zip(maps, accs)]

@@ -25,7 +25,7 @@ import numpy as np
 from ._gpu import resolve_device, to_device
 from ._xp import to_numpy
 from .errors import LintwinError
-from .moments import Moments
+from .moments import Moments, locate_nonfinite
 from .store import FeatureStore
 
 __all__ = ["accumulate_dask", "dask_client", "parse_address", "range_futures", "reduce_futures", "row_ranges"]
@@ -133,8 +133,6 @@ def accumulate_dask(client: Any, store: FeatureStore, src: str, dst: str, *, spl
     futures = range_futures(client, store, src, dst, split=split, precision=precision, device=device, parts=parts)
     m = reduce_futures(client, futures, dims, (src, dst), precision, progress=progress)
     if not m.is_finite():
-        from .api import locate_nonfinite  # noqa: PLC0415  (api builds on this module; only the rare error path)
-
-        locate_nonfinite(store, split, [src, dst])
+        locate_nonfinite(store.iter_blocks(split, [src, dst]), (src, dst))
         m.check_finite()
     return m

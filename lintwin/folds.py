@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ._gpu import resolve_device, to_device
 from ._xp import from_numpy, namespace, row_spans
 from .errors import LintwinError
-from .moments import Moments, check_finite
+from .moments import Moments, locate_nonfinite
 from .store import FeatureStore
 
 __all__ = ["accumulate_folds", "accumulate_folds_arrays", "image_folds"]
@@ -44,21 +44,20 @@ def image_folds(ids: np.ndarray | None, rows: int, k: int, seed: int = 0) -> np.
 
 def accumulate_folds(store: FeatureStore, src: str, dst: str, *, k: int = 5, split: str = "train",
                      precision: str = "float32", device: str = "auto", seed: int = 0,
-                     progress: bool = True) -> list[Moments]:
-    """One streaming pass: the moments of each of ``k`` image folds of ``split``."""
+                     progress: bool = True, kernel: bool = False, block_rows: int | None = None) -> list[Moments]:
+    """One streaming pass: the moments of each of ``k`` image folds of ``split`` (``kernel``: with kernel sums)."""
     device = resolve_device(device)
     n = store.rows(split)
     folds = image_folds(store.ids(split), n, k, seed)
     dims = (int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"]))
-    out = [Moments(dims[0], dims[1], (src, dst), precision) for _ in range(k)]  # type: ignore[arg-type]
+    out = [Moments(dims[0], dims[1], (src, dst), precision, kernel=kernel)  # type: ignore[arg-type]
+           for _ in range(k)]
     with tqdm(total=n, desc=f"fold moments {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
-        for lo, (a, b) in store.iter_blocks(split, [src, dst]):
+        for lo, (a, b) in store.iter_blocks(split, [src, dst], block_rows=block_rows):
             _update_folds(out, a, b, folds[lo : lo + len(a)], device)
             bar.update(len(a))
     if not all(m.is_finite() for m in out):
-        from .api import locate_nonfinite  # noqa: PLC0415  (api builds on this module; only the rare error path)
-
-        locate_nonfinite(store, split, [src, dst])
+        locate_nonfinite(store.iter_blocks(split, [src, dst]), (src, dst))
         for m in out:
             m.check_finite()
     return out
@@ -76,9 +75,7 @@ def accumulate_folds_arrays(a: Any, b: Any, ids: np.ndarray | None, *, k: int = 
         rows = from_numpy(np.nonzero(folds == j)[0], a)
         m.update(xp.take(a, rows, axis=0), xp.take(b, rows, axis=0))
     if not all(m.is_finite() for m in out):
-        for lo, hi in row_spans(n, 8192):
-            check_finite(a[lo:hi, ...], names[0], lo)
-            check_finite(b[lo:hi, ...], names[1], lo)
+        locate_nonfinite(((lo, (a[lo:hi, ...], b[lo:hi, ...])) for lo, hi in row_spans(n, 8192)), names)
         for m in out:
             m.check_finite()
     return out

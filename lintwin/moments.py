@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +27,7 @@ from .kernel_sums import KernelSums
 Precision = Literal["float32", "float64"]
 _FORMAT = "lintwin.moments/1"
 
-__all__ = ["Moments", "check_finite", "check_pair"]
+__all__ = ["Moments", "check_finite", "check_pair", "locate_nonfinite"]
 
 
 def check_pair(a: Any, b: Any, names: tuple[str, str] = ("A", "B")) -> None:
@@ -55,6 +55,17 @@ def check_finite(x: Any, name: str, row_offset: int = 0, xp: Any = None) -> None
         f"NaN or Inf in features of {name}: {len(bad_rows)} row(s), at row {shown}{more} "
         f"(rows {row_offset}..{row_offset + x.shape[0] - 1} of this chunk)"
     )
+
+
+def locate_nonfinite(blocks: Iterable[tuple[int, Sequence[Any]]], names: Sequence[str]) -> None:
+    """Re-read paired ``(row_offset, [block of each name])`` and raise naming the first rows with NaN/Inf.
+
+    The accumulators only learn *that* NaN/Inf reached their sums (no sync per chunk); this second,
+    rare pass says where.
+    """
+    for lo, arrays in blocks:
+        for name, x in zip(names, arrays):
+            check_finite(x, name, lo)
 
 
 @dataclass

@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 from ._gpu import resolve_device, to_device
 from ._xp import device as array_device
 from ._xp import namespace, to_numpy
+from .distributed import reduce_futures, row_ranges
 from .errors import LintwinError, ShapeError
 from .files import atomic_write
+from .folds import image_folds
 from .moments import Moments, Precision
 from .store import FeatureStore
 
@@ -173,8 +175,6 @@ def accumulate_joint_folds(store: FeatureStore, names: Sequence[str], *, k: int 
     Folds are over images, as :func:`lintwin.folds.image_folds` makes them (all views of an image in
     one fold), so every pair's fold moments equal those of a two-network fold pass.
     """
-    from .folds import image_folds
-
     device = resolve_device(device)
     dims = [int(store.info(split, name)["dim"]) for name in names]
     n = store.rows(split)
@@ -206,8 +206,6 @@ def _joint_range(path: str, split: str, names: list[str], lo: int, hi: int, prec
 def accumulate_joint_dask(client: Any, store: FeatureStore, names: Sequence[str], *, split: str = "train",
                           precision: str = "float32", device: str = "auto", progress: bool = True) -> JointMoments:
     """:func:`accumulate_joint` on a Dask cluster: one task per row range, merged in a tree; same moments."""
-    from .distributed import reduce_futures, row_ranges
-
     names = list(names)
     dims = [int(store.info(split, n)["dim"]) for n in names]
     workers = max(1, len(client.scheduler_info().get("workers", {})))

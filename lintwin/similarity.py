@@ -64,11 +64,13 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import namespace, to_numpy
+from ._xp import device, namespace, to_numpy
+from .api import maps_from_moments
 from .errors import LintwinError
 from .moments import Moments
-from .solvers import default_rcond
-from .solvers.conditioning import constant_units, scale_system
+from .solvers import default_rcond, ridge_cv
+from .solvers.conditioning import scale_system
+from .solvers.ridge_cv import fold_weights
 
 __all__ = ["DEFAULT_ALPHAS", "Similarity", "similarity"]
 
@@ -125,7 +127,7 @@ def _take2(S: Any, rows: Any, cols: Any, xp: Any) -> Any:
 def _side(S: Any, mean: Any, n: int, precision: str, rcond: float, name: str, xp: Any) -> _Side:
     sc = scale_system(S, mean, n, precision, xp=xp)
     const = to_numpy(sc.constant).astype(bool)
-    keep = xp.asarray(np.flatnonzero(~const), device=_dev(S))
+    keep = xp.asarray(np.flatnonzero(~const), device=device(S))
     if int(keep.shape[0]) == 0:
         raise LintwinError(f"every unit of {name} is constant over the rows: no similarity to measure")
     evals, vecs = _eigh_desc(_take2(sc.R, keep, keep, xp), xp)
@@ -140,12 +142,6 @@ def _eigh_desc(S: Any, xp: Any) -> tuple[Any, Any]:
     evals, vecs = xp.linalg.eigh(S)
     order = xp.flip(xp.argsort(evals))
     return xp.take(evals, order), xp.take(vecs, order, axis=1)
-
-
-def _dev(x: Any) -> Any:
-    from ._xp import device
-
-    return device(x)
 
 
 def _cka(blk: dict[str, Any], xp: Any) -> float:
@@ -257,7 +253,7 @@ def _shape_angles(blk: dict[str, Any], sa: _Side, sb: _Side, alphas: Sequence[fl
     eig = []
     for side in (sa, sb):
         lam = side.raw_evals
-        kept = xp.arange(int(lam.shape[0]), device=_dev(lam)) < side.rank  # the rank decided in the scaled space
+        kept = xp.arange(int(lam.shape[0]), device=device(lam)) < side.rank  # the rank decided in the scaled space
         eig.append((lam, side.raw_vecs, kept))
     (la, Va, ka), (lb, Vb, kb) = eig
     P = xp.matrix_transpose(Va) @ _take2(blk["ab"], sa.keep, sb.keep, xp) @ Vb
@@ -279,30 +275,16 @@ def _shape_angles(blk: dict[str, Any], sa: _Side, sb: _Side, alphas: Sequence[fl
     return out
 
 
-def _r2_of_map(weight: Any, sxx: Any, sxy: Any, syy: Any, y_mean: Any, n: int, precision: str,
-               xp: Any) -> tuple[float, Any]:
-    """Overall and per-target R² of ``y ≈ W x + b`` (b the optimal intercept) from the same moments."""
-    sse = (xp.linalg.diagonal(syy) - 2.0 * xp.sum(weight * xp.matrix_transpose(sxy), axis=1)
-           + xp.sum((weight @ sxx) * weight, axis=1))
-    sse = xp.maximum(sse, 0.0)
-    sst = xp.linalg.diagonal(syy)
-    const = constant_units(sst, y_mean, n, precision, xp=xp)
-    per = xp.where(const, xp.full_like(sst, float("nan")), 1.0 - sse / xp.where(const, xp.ones_like(sst), sst))
-    return 1.0 - float(xp.sum(sse)) / float(xp.sum(sst)), per
-
-
 def _predictivity(m: Moments, rcond: float, info: dict) -> tuple[dict[str, float], dict[str, Any]]:
-    from .api import maps_from_moments
-
+    """R² of the least-squares maps both ways, overall and per target unit, exactly from the moments."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         maps = maps_from_moments(m, both=True, rcond=rcond)
     info["predictivity_notes"] = [str(w.message) for w in caught]
     values, per = {}, {}
-    for mp, reverse, key in ((maps[0], False, "r2_ab"), (maps[1], True, "r2_ba")):
-        sxx, sxy, syy, _, my = m.oriented(reverse)
-        xp = namespace(sxx)
-        values[key], per[mp.name] = _r2_of_map(mp.weight, sxx, sxy, syy, my, m.n, m.precision, xp)
+    for mp, key in ((maps[0], "r2_ab"), (maps[1], "r2_ba")):
+        values[key] = mp.stats["train_metrics"]["r2"]
+        per[mp.name] = np.asarray(mp.stats["train_metrics"]["r2_per_dim"])
         info.setdefault("predictivity_solver", {})[mp.name] = {
             k: mp.stats.get(k) for k in ("solver", "rank", "constant_units", "reason", "condition", "ridge")}
     return values, per
@@ -310,9 +292,6 @@ def _predictivity(m: Moments, rcond: float, info: dict) -> tuple[dict[str, float
 
 def _predictivity_cv(folds: Sequence[Moments], info: dict) -> tuple[dict[str, float], dict[str, Any]]:
     """Held-out R² of the ridge map with λ chosen by K-fold CV, pooled over the folds, per target unit."""
-    from .solvers import ridge_cv
-    from .solvers.ridge_cv import fold_weights
-
     values, per = {}, {}
     for reverse, key in ((False, "r2cv_ab"), (True, "r2cv_ba")):
         cv = ridge_cv(list(folds), reverse=reverse)

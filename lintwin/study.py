@@ -43,6 +43,7 @@ from .multi_moments import (
     store_fingerprint,
 )
 from .networks import Head, NetworkSpec, file_sha256
+from .similarity import similarity
 from .solvers import AdamOptions
 from .store import FeatureStore
 
@@ -356,10 +357,6 @@ SIMILARITY = ("cka", "cca_mean_rho", "svcca", "pwcca", "procrustes")
 def _similarity_matrices(names: list[str], pair: Callable[[str, str], Moments],
                          notes: list[str]) -> dict[str, list[list[float | None]]]:
     """Symmetric similarity measures (:func:`lintwin.similarity.similarity`) of every pair, from the same moments."""
-    try:
-        from .similarity import similarity
-    except ImportError:
-        return {}
     mats: dict[str, list[list[float | None]]] = {k: [[None] * len(names) for _ in names] for k in SIMILARITY}
     for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
         try:

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from tqdm.auto import tqdm
 
-from .._gpu import resolve_device, to_device
+from .._gpu import resolve_device
+from ..api import accumulate_store
 from ..errors import LintwinError
 from ..files import atomic_write
-from ..folds import image_folds
+from ..folds import accumulate_folds
 from ..moments import Moments
 from ..null import store_null
 from ..report import format_table, new_figure, save_figure
@@ -46,26 +46,13 @@ def _label(key: str, a: str, b: str) -> str:
 
 def accumulate_with_folds(store: FeatureStore, a: str, b: str, *, split: str, folds: int, precision: str,
                           device: str, block_rows: int | None, progress: bool) -> tuple[Moments, list[Moments]]:
-    """One pass: the moments (with kernel sums) of each image fold, and their merge."""
-    n = store.rows(split)
-    dims = (int(store.info(split, a)["dim"]), int(store.info(split, b)["dim"]))
-    k = max(folds, 1)
-    fold_of = image_folds(store.ids(split), n, k) if folds >= 2 else np.zeros(n, dtype=np.int64)
-    parts = [Moments(dims[0], dims[1], (a, b), precision, kernel=True) for _ in range(k)]  # type: ignore[arg-type]
-    with tqdm(total=n, desc=f"moments {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
-        for lo, (xa, xb) in store.iter_blocks(split, [a, b], block_rows=block_rows):
-            if k == 1:
-                parts[0].update(to_device(xa, device), to_device(xb, device))
-            else:
-                f = fold_of[lo : lo + len(xa)]
-                for j in range(k):
-                    rows = np.flatnonzero(f == j)
-                    if rows.size:
-                        parts[j].update(to_device(xa[rows], device), to_device(xb[rows], device))
-            bar.update(len(xa))
-    total = Moments.merged(parts)
-    total.check_finite()
-    return total, parts
+    """One pass: the moments with kernel sums, and (``folds`` >= 2) those of each image fold they merge from."""
+    if folds < 2:
+        return accumulate_store(store, a, b, split=split, precision=precision, device=device, block_rows=block_rows,
+                                progress=progress, kernel=True), []
+    parts = accumulate_folds(store, a, b, k=folds, split=split, precision=precision, device=device,
+                             progress=progress, kernel=True, block_rows=block_rows)
+    return Moments.merged(parts), parts
 
 
 def _finite(x: Any) -> Any:
