@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lintwin import accumulate_store
-from lintwin.report import format_table
-from lintwin.synthetic import write_synthetic_store
+from lintwin.experiments.report import format_table
+from lintwin.storage.synthetic import write_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def main() -> None:
         args.rows, args.dims, args.block_rows = 20_000, [192, 256], 2000
     from distributed import Client, LocalCluster
 
-    from lintwin.distributed import accumulate_dask
+    from lintwin.core.distributed import accumulate_dask
 
     da, db = args.dims
     d = da + db

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lintwin.demo import BUNDLED_MODELS
-from lintwin.extract import extract_features
-from lintwin.images import DEFAULT_FASHION_MNIST, ImageSet, open_images
-from lintwin.networks import Backbone, NetworkSpec
+from lintwin.experiments.demo import BUNDLED_MODELS
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, ImageSet, open_images
+from lintwin.networks.onnx_models import Backbone, NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

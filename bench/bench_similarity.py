@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lintwin.report import format_table
-from lintwin.store import FeatureStore
-from lintwin.synthetic import write_synthetic_store
+from lintwin.experiments.report import format_table
+from lintwin.storage.store import FeatureStore
+from lintwin.storage.synthetic import write_synthetic_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

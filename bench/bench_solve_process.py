@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
 
-    from lintwin.synthetic import write_synthetic_store
+    from lintwin.storage.synthetic import write_synthetic_store
 
     store = args.work / f"s_{args.rows}_{args.dims[0]}_{args.dims[1]}.zarr"
     if not store.exists():

@@ -110,8 +110,8 @@ def peak_rss_mb() -> float:
 def _adam_worker(store_path: str, out: Path, args: argparse.Namespace) -> dict:
     """Paper's Adam, A→B: per-iteration time, a fixed budget, iterations to the closed form's val loss."""
     from lintwin import AdamOptions, AffineMap, FeatureStore, evaluate
-    from lintwin.batches import StoreBatches
     from lintwin.solvers import fit_adam
+    from lintwin.storage.batches import StoreBatches
 
     s = FeatureStore.open(store_path)
     a_val, b_val = _load(store_path, "val")
@@ -207,7 +207,7 @@ def metrics(maps_file: str, store_path: Path, key: str, ref: dict | None, src: s
 
 def bench_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     from lintwin import FeatureStore
-    from lintwin.synthetic import write_synthetic_store
+    from lintwin.storage.synthetic import write_synthetic_store
 
     da, db = args.dims
     store = work / f"synthetic_n{n}_{da}x{db}.zarr"
@@ -276,7 +276,7 @@ def _short(info: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    from lintwin.report import format_table
+    from lintwin.experiments.report import format_table
 
     lines = []
     for row in rows:
@@ -318,7 +318,7 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from lintwin.report import new_figure, save_figure
+    from lintwin.experiments.report import new_figure, save_figure
 
     fig, axes = new_figure(figsize=(7, 4.5))
     ax = axes[0, 0]

@@ -160,7 +160,7 @@ def main() -> None:
         else:
             if not (args.store and args.nets and args.models):
                 ap.error("--store, --nets and --models are needed (or --quick)")
-            from lintwin.networks import NetworkSpec
+            from lintwin.networks.onnx_models import NetworkSpec
 
             store, nets = args.store, args.nets
             heads = [str(NetworkSpec.for_model(args.models / f"{n}.json").head_path) for n in nets]

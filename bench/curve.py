@@ -23,10 +23,10 @@ import numpy as np
 
 from lintwin import AdamOptions, FeatureStore, RankWarning, fit
 from lintwin.api import maps_from_moments
-from lintwin.folds import accumulate_folds_arrays
-from lintwin.moments import Moments
-from lintwin.networks import Head
-from lintwin.report import format_table
+from lintwin.core.folds import accumulate_folds_arrays
+from lintwin.core.moments import Moments
+from lintwin.experiments.report import format_table
+from lintwin.networks.onnx_models import Head
 from lintwin.solvers import ridge_cv
 
 METHODS = ("lstsq", "ridge-cv", "rank", "adam")
@@ -129,7 +129,7 @@ def main() -> None:
 
 
 def plot(records: list[dict], path: Path, title: str) -> None:
-    from lintwin.report import new_figure, save_figure
+    from lintwin.experiments.report import new_figure, save_figure
 
     maps = sorted({r["map"] for r in records})
     fig, axes = new_figure(1, len(maps), figsize=(6.5 * len(maps), 4.5))

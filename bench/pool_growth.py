@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 
 from lintwin import FeatureStore
-from lintwin.demo import compare_report
-from lintwin.experiment import compare
-from lintwin.extract import extract_features
-from lintwin.images import concat_images, open_images
-from lintwin.networks import Head, NetworkSpec
+from lintwin.experiments.compare import compare
+from lintwin.experiments.demo import compare_report
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import concat_images, open_images
+from lintwin.networks.onnx_models import Head, NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

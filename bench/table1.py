@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from lintwin import AdamOptions, FeatureStore
-from lintwin.demo import BUNDLED_MODELS, compare_report, write_compare_outputs
-from lintwin.experiment import compare
-from lintwin.extract import extract_features
-from lintwin.images import DEFAULT_FASHION_MNIST, open_images
-from lintwin.networks import Head, NetworkSpec
+from lintwin.experiments.compare import compare
+from lintwin.experiments.demo import BUNDLED_MODELS, compare_report, write_compare_outputs
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
+from lintwin.networks.onnx_models import Head, NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "imagenet-sample"

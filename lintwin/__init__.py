@@ -15,12 +15,12 @@ from .api import (
     fit_store,
     maps_from_moments,
 )
+from .core.fit_metrics import FitMetrics, paper_loss, row_cosine
+from .core.moments import Moments
 from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
-from .metrics import FitMetrics, paper_loss, row_cosine
-from .moments import Moments
-from .similarity import Similarity, similarity
+from .measures.similarity import Similarity, similarity
 from .solvers import AdamOptions, PrecisionWarning, RankWarning
-from .store import FeatureStore
+from .storage.store import FeatureStore
 
 __all__ = [
     "AdamOptions",

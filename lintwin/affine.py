@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import device, from_numpy, namespace, to_numpy
+from .core.files import atomic_write, jsonable
+from .core.xp import device, from_numpy, namespace, to_numpy
 from .errors import MapFileError, ShapeError
-from .files import atomic_write, jsonable
 
 __all__ = ["AffineMap"]
 

@@ -14,19 +14,19 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._gpu import resolve_device, to_device
-from ._xp import namespace, row_spans, to_numpy
 from .affine import AffineMap
-from .batches import ArrayBatches, StoreBatches
-from .distributed import accumulate_dask
+from .core.distributed import accumulate_dask
+from .core.fit_metrics import FitMetrics
+from .core.folds import accumulate_folds, accumulate_folds_arrays
+from .core.gpu import resolve_device, to_device
+from .core.moments import Moments, check_pair, locate_nonfinite
+from .core.xp import namespace, row_spans, to_numpy
 from .errors import LintwinError, ShapeError
-from .folds import accumulate_folds, accumulate_folds_arrays
-from .metrics import FitMetrics
-from .moments import Moments, check_pair, locate_nonfinite
-from .ridge_agreement import agreement_path
 from .solvers import AdamOptions, RidgeCV, check_ridge, fit_adam, reduce_rank, ridge_cv, solve_affine
+from .solvers.agreement import agreement_path
 from .solvers.conditioning import constant_units
-from .store import FeatureStore
+from .storage.batches import ArrayBatches, StoreBatches
+from .storage.store import FeatureStore
 
 Method = Literal["lstsq", "adam"]
 Init = Literal["random", "lstsq"]

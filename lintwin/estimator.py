@@ -6,11 +6,11 @@ from typing import Any
 
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 
-from ._xp import namespace
 from .affine import AffineMap
 from .api import fit, maps_from_moments
+from .core.moments import Moments, check_pair
+from .core.xp import namespace
 from .errors import LintwinError
-from .moments import Moments, check_pair
 from .solvers import AdamOptions
 
 __all__ = ["AffineMapRegressor"]

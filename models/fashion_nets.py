@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lintwin.images import DEFAULT_FASHION_MNIST, read_idx
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, read_idx
 
 HERE = Path(__file__).resolve().parent / "fashion"
 MEAN, STD = 0.2860, 0.3530

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lintwin._gpu import gpu_status
-from lintwin.synthetic import SyntheticPair
+from lintwin.core.gpu import gpu_status
+from lintwin.storage.synthetic import SyntheticPair
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -57,7 +57,7 @@ def lstsq_reference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def rel(x, ref) -> float:
-    from lintwin._xp import to_numpy
+    from lintwin.core.xp import to_numpy
 
     x = to_numpy(x)
     return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))

@@ -5,11 +5,11 @@ import pytest
 from conftest import to_xp
 
 from lintwin import AdamOptions, FeatureStore, evaluate, fit, paper_loss
-from lintwin._xp import to_numpy
-from lintwin.batches import StoreBatches
+from lintwin.core.xp import to_numpy
 from lintwin.solvers import paper_loss_grad
 from lintwin.solvers.adam import adam_step
-from lintwin.synthetic import SyntheticPair, write_synthetic_store
+from lintwin.storage.batches import StoreBatches
+from lintwin.storage.synthetic import SyntheticPair, write_synthetic_store
 
 
 def test_gradient_matches_finite_differences(xp):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lintwin.bootstrap import bootstrap_table, default_losses
 from lintwin.errors import LintwinError, ShapeError
+from lintwin.measures.bootstrap import bootstrap_table, default_losses
 
 
 def hits(n: int, seed: int = 0) -> dict[str, np.ndarray]:

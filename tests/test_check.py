@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from lintwin import FeatureStore, StoreError
-from lintwin.check import check_store
 from lintwin.cli import app
-from lintwin.synthetic import write_synthetic_store
+from lintwin.storage.check import check_store
+from lintwin.storage.synthetic import write_synthetic_store
 
 runner = CliRunner()
 

@@ -106,7 +106,7 @@ def test_import_npy_and_npz(tmp_path):
 )
 def test_solve_errors(store, tmp_path, args, message):
     if "--device" in args:
-        from lintwin._gpu import gpu_available
+        from lintwin.core.gpu import gpu_available
 
         if gpu_available():
             pytest.skip("a GPU is present")

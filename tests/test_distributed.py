@@ -14,8 +14,8 @@ pytest.importorskip("distributed", reason="dask.distributed is not installed (pi
 from distributed import Client, LocalCluster  # noqa: E402
 
 from lintwin import LintwinError, accumulate_store, maps_from_moments  # noqa: E402
-from lintwin.distributed import accumulate_dask, parse_address, range_futures, row_ranges  # noqa: E402
-from lintwin.synthetic import write_synthetic_store  # noqa: E402
+from lintwin.core.distributed import accumulate_dask, parse_address, range_futures, row_ranges  # noqa: E402
+from lintwin.storage.synthetic import write_synthetic_store  # noqa: E402
 
 
 @pytest.fixture(scope="module")

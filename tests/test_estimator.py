@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lintwin import AffineMapRegressor, LintwinError
-from lintwin.synthetic import SyntheticPair
+from lintwin.storage.synthetic import SyntheticPair
 
 
 def test_in_a_scikit_learn_pipeline():

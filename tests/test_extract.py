@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from lintwin import FeatureStore, LintwinError, ModelError, StoreError
 from lintwin.cli import app
-from lintwin.demo import BUNDLED_MODELS
-from lintwin.extract import extract_features
-from lintwin.images import DEFAULT_FASHION_MNIST, Augment, open_images
-from lintwin.networks import Backbone, NetworkSpec
+from lintwin.experiments.demo import BUNDLED_MODELS
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, Augment, open_images
+from lintwin.networks.onnx_models import Backbone, NetworkSpec
 
 runner = CliRunner()
 NET = "fmnist-resnet"
@@ -212,7 +212,7 @@ def test_twenty_random_kills_each_resumed_give_the_uninterrupted_store(tmp_path,
     second and the kills land in its work rather than in interpreter start-up.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["lintwin.extract"])
+    ctx.set_forkserver_preload(["lintwin.networks.extract"])
     backbone = BUNDLED_MODELS / f"{NET}.backbone.onnx"
     imgs = open_images(digits).subset(range(40))
     kw = {"split": "train", "augment": Augment(), "views": 2, "seed": 4, "batch": 5, "chunk_rows": 10, "workers": 1,

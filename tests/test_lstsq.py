@@ -8,7 +8,7 @@ from conftest import lstsq_reference, rel, to_xp
 
 import lintwin
 from lintwin import RankWarning, ShapeError, fit
-from lintwin._xp import to_numpy
+from lintwin.core.xp import to_numpy
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 from conftest import to_xp
 
 from lintwin import Moments, NonFiniteError, ShapeError, accumulate_arrays
-from lintwin._xp import to_numpy
+from lintwin.core.xp import to_numpy
 
 
 def _direct(a, b):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lintwin.core.moments import Moments
 from lintwin.errors import LintwinError
-from lintwin.moments import Moments
-from lintwin.null import arrays_null, shifted_block, shuffled_moments, store_null
-from lintwin.similarity import similarity
-from lintwin.store import FeatureStore
-from lintwin.synthetic import write_synthetic_store
+from lintwin.measures.null import arrays_null, shifted_block, shuffled_moments, store_null
+from lintwin.measures.similarity import similarity
+from lintwin.storage.store import FeatureStore
+from lintwin.storage.synthetic import write_synthetic_store
 
 
 def cka(m: Moments) -> dict[str, float | None]:

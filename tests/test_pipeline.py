@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from lintwin import FeatureStore, ShapeError
 from lintwin.cli import app
-from lintwin.demo import BUNDLED_MODELS
-from lintwin.experiment import compare, predict_store
-from lintwin.extract import extract_features
-from lintwin.images import DEFAULT_FASHION_MNIST, open_images
-from lintwin.networks import Backbone, Head, NetworkSpec
+from lintwin.experiments.compare import compare, predict_store
+from lintwin.experiments.demo import BUNDLED_MODELS
+from lintwin.networks.extract import extract_features
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
+from lintwin.networks.onnx_models import Backbone, Head, NetworkSpec
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -114,8 +114,8 @@ def test_ridge_cv_by_top1_agreement_matches_refitting(store):
     """With the target's head, λ is chosen by held-out agreement; one value checked by brute force."""
     from lintwin import fit
     from lintwin.api import fit_store
-    from lintwin.folds import accumulate_folds, image_folds
-    from lintwin.ridge_agreement import agreement_path
+    from lintwin.core.folds import accumulate_folds, image_folds
+    from lintwin.solvers.agreement import agreement_path
 
     head = Head(BUNDLED_MODELS / f"{NETS[1]}.head.onnx")
     m = fit_store(store, NETS[0], NETS[1], ridge="auto", folds=3, progress=False,

@@ -5,10 +5,10 @@ import pytest
 
 from lintwin import FeatureStore, LintwinError, accumulate_arrays, evaluate, fit
 from lintwin.api import fit_store, maps_from_moments
-from lintwin.folds import accumulate_folds, image_folds
-from lintwin.moments import Moments
+from lintwin.core.folds import accumulate_folds, image_folds
+from lintwin.core.moments import Moments
 from lintwin.solvers.ridge_cv import _fold_errors, ridge_cv
-from lintwin.synthetic import SyntheticPair
+from lintwin.storage.synthetic import SyntheticPair
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from scipy.stats import ortho_group
 from typer.testing import CliRunner
 
 from lintwin.cli import app
-from lintwin.moments import Moments
-from lintwin.similarity import similarity
-from lintwin.synthetic import write_synthetic_store
+from lintwin.core.moments import Moments
+from lintwin.measures.similarity import similarity
+from lintwin.storage.synthetic import write_synthetic_store
 
 SHAPES = [(200, 10, 7), (300, 16, 16), (60, 12, 25)]
 TOL = 1e-6
@@ -290,7 +290,7 @@ def test_cli_similarity(tmp_path):
     assert "linear CKA" in res.output and "null mean ± sd" in res.output
     data = json.loads((out / "similarity_A_B_train.json").read_text())
     assert (out / "similarity_A_B_train.png").stat().st_size > 1000
-    from lintwin.store import FeatureStore
+    from lintwin.storage.store import FeatureStore
 
     s = FeatureStore.open(path)
     a, b = np.asarray(s.features("train", "A")[:], dtype=np.float64), np.asarray(s.features("train", "B")[:])

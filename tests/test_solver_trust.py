@@ -8,7 +8,7 @@ from conftest import lstsq_reference, rel, to_xp
 
 import lintwin
 from lintwin import LintwinError, RankWarning, fit
-from lintwin._xp import to_numpy
+from lintwin.core.xp import to_numpy
 from lintwin.solvers import PrecisionWarning, reduce_rank
 
 
@@ -187,7 +187,7 @@ def test_paper_loss_of_zero_rows_follows_the_definition():
     p = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
     y = np.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
     # ||p/||p|| − y/||y||||² with 0/0 read as 0: one zero row → 1, both zero → 0, equal → 0.
-    np.testing.assert_allclose(to_numpy(lintwin.metrics.paper_loss_rows(p, y)), [1.0, 1.0, 0.0, 0.0], atol=1e-15)
+    np.testing.assert_allclose(to_numpy(lintwin.core.fit_metrics.paper_loss_rows(p, y)), [1.0, 1.0, 0.0, 0.0], atol=1e-15)
     loss, grad = lintwin.solvers.paper_loss_grad(p, y)
     assert float(loss) == pytest.approx(0.5)
     assert np.all(np.isfinite(grad)) and np.all(grad[0] == 0)
@@ -234,10 +234,10 @@ def test_whole_solve_path_on_a_non_default_device(realistic):
 
 def test_stated_accuracy_holds_on_real_features(tmp_path):
     """The README's accuracy claims, measured on real features of the bundled Fashion-MNIST networks."""
-    from lintwin.demo import BUNDLED_MODELS
-    from lintwin.extract import extract_features
-    from lintwin.images import DEFAULT_FASHION_MNIST, open_images
-    from lintwin.networks import NetworkSpec
+    from lintwin.experiments.demo import BUNDLED_MODELS
+    from lintwin.networks.extract import extract_features
+    from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
+    from lintwin.networks.onnx_models import NetworkSpec
 
     source = DEFAULT_FASHION_MNIST / "train-images-idx3-ubyte.gz"
     if not source.is_file():

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 from lintwin import FeatureStore
 from lintwin.api import fit_store
 from lintwin.cli import app
-from lintwin.demo import BUNDLED_MODELS
 from lintwin.errors import MapFileError, ShapeError
-from lintwin.experiment import predict_store
-from lintwin.extract import extract_features
-from lintwin.head_maps import head_map, read_affine_head
-from lintwin.images import DEFAULT_FASHION_MNIST, open_images
-from lintwin.networks import Backbone, Head, NetworkSpec
-from lintwin.stitch import check_stitched, stitch
+from lintwin.experiments.compare import predict_store
+from lintwin.experiments.demo import BUNDLED_MODELS
+from lintwin.networks.extract import extract_features
+from lintwin.networks.head_maps import head_map, read_affine_head
+from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
+from lintwin.networks.onnx_models import Backbone, Head, NetworkSpec
+from lintwin.networks.stitch import check_stitched, stitch
 
 TEST_IMAGES = DEFAULT_FASHION_MNIST / "t10k-images-idx3-ubyte.gz"
 pytestmark = pytest.mark.skipif(not TEST_IMAGES.is_file(),

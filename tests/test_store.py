@@ -9,10 +9,10 @@ import pytest
 import zarr
 
 from lintwin import FeatureStore, ShapeError, StoreError, accumulate_arrays, accumulate_store
-from lintwin.check import check_store
 from lintwin.errors import LintwinError
-from lintwin.importer import import_features
-from lintwin.synthetic import SyntheticPair, write_synthetic_store
+from lintwin.storage.check import check_store
+from lintwin.storage.importer import import_features
+from lintwin.storage.synthetic import SyntheticPair, write_synthetic_store
 
 
 def test_layout_and_metadata(tmp_path):
@@ -241,7 +241,7 @@ _IMPORT_SCRIPT = """
 import sys, time
 import numpy as np
 from lintwin.errors import LintwinError
-from lintwin.importer import import_features
+from lintwin.storage.importer import import_features
 t0 = time.time()
 try:
     import_features(sys.argv[1], sys.argv[2], name="A", overwrite=True, chunk_rows=4096)
@@ -295,7 +295,7 @@ def test_concurrent_writer_is_refused_while_another_holds_the_array(tmp_path):
 
 _KILLABLE_IMPORT = """
 import sys
-from lintwin.importer import import_features
+from lintwin.storage.importer import import_features
 print("ready", flush=True)
 sys.stdin.readline()
 import_features(sys.argv[1], sys.argv[2], name="A", chunk_rows=1024, labels=sys.argv[3])

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from lintwin import FeatureStore
 from lintwin.api import fit_store
 from lintwin.cli import app
+from lintwin.core.joint import JointMoments, accumulate_joint, store_fingerprint
 from lintwin.errors import LintwinError, ModelError
-from lintwin.head_maps import head_map, read_affine_head
-from lintwin.multi_moments import JointMoments, accumulate_joint, store_fingerprint
-from lintwin.networks import Head
-from lintwin.study import parse_bytes, resolve_heads, run_study
+from lintwin.experiments.study import parse_bytes, resolve_heads, run_study
+from lintwin.networks.head_maps import head_map, read_affine_head
+from lintwin.networks.onnx_models import Head
 
 runner = CliRunner()
 NETS = ("A", "B", "C", "D")
@@ -318,7 +318,7 @@ def test_models_folder_heads_must_belong_to_the_stored_features(tmp_path):
     sidecar = {"name": "A", "backbone": backbone.name, "head": head.name, "feature_dim": 4, "classes": CLASSES,
                "preprocess": {"size": [28, 28], "channels": 1, "resize": None, "mean": [0.5], "std": [0.5]}}
     (tmp_path / "A.json").write_text(json.dumps(sidecar))
-    from lintwin.networks import file_sha256
+    from lintwin.networks.onnx_models import file_sha256
 
     for sha, ok in ((file_sha256(backbone), True), ("0" * 64, False)):
         arr = store.open_features_for_write("val", "A", rows=10, dim=4, model_sha256=sha, source="t", overwrite=True,
@@ -336,7 +336,7 @@ def test_models_folder_heads_must_belong_to_the_stored_features(tmp_path):
 def test_study_on_a_dask_cluster_gives_the_same_maps(synth, tmp_path):
     """The joint moments accumulated on a real LocalCluster (loopback) equal the single-process ones."""
     pytest.importorskip("distributed", reason="dask.distributed is not installed")
-    from lintwin.distributed import dask_client
+    from lintwin.core.distributed import dask_client
 
     store, heads, _ = synth
     _, local = run_study(store, NETS, heads, precision="float64", device="cpu", out=tmp_path / "a", progress=False,

@@ -153,7 +153,7 @@ def maybe_dask(address: Optional[str]) -> Iterator[object]:
     if address is None:
         yield None
         return
-    from ..distributed import dask_client
+    from ..core.distributed import dask_client
 
     with dask_client(address, echo=lambda msg: typer.echo(msg, err=True)) as client:
         yield client

@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from .. import api
-from .._gpu import device_note
 from ..affine import AffineMap
+from ..core.gpu import device_note
 from ..errors import LintwinError
-from ..report import metrics_table, plot_loss_curve, plot_ridge_cv
+from ..experiments.report import metrics_table, plot_loss_curve, plot_ridge_cv
 from ..solvers import AdamOptions
-from ..store import FeatureStore
+from ..storage.store import FeatureStore
 from ._common import (
     RIDGE_HELP,
     AdamBatchOpt,

@@ -9,15 +9,15 @@ from typing import Annotated
 import typer
 
 from ..affine import AffineMap
-from ..demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
-from ..experiment import compare as run_compare
-from ..experiment import score as score_store
-from ..extract import default_workers, extract_features
-from ..images import DEFAULT_FASHION_MNIST, Augment, concat_images, open_images
-from ..networks import Head
-from ..report import plot_ridge_cv
+from ..experiments.compare import compare as run_compare
+from ..experiments.compare import score as score_store
+from ..experiments.demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
+from ..experiments.report import plot_ridge_cv
+from ..networks.extract import default_workers, extract_features
+from ..networks.images import DEFAULT_FASHION_MNIST, Augment, concat_images, open_images
+from ..networks.onnx_models import Head
 from ..solvers import AdamOptions
-from ..store import FeatureStore
+from ..storage.store import FeatureStore
 from ._common import (
     RIDGE_HELP,
     AdamBatchOpt,

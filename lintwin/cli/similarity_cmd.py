@@ -10,16 +10,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from .._gpu import resolve_device
 from ..api import accumulate_store
+from ..core.files import atomic_write
+from ..core.folds import accumulate_folds
+from ..core.gpu import resolve_device
+from ..core.moments import Moments
 from ..errors import LintwinError
-from ..files import atomic_write
-from ..folds import accumulate_folds
-from ..moments import Moments
-from ..null import store_null
-from ..report import format_table, new_figure, save_figure
-from ..similarity import Similarity, similarity
-from ..store import FeatureStore
+from ..experiments.report import format_table, new_figure, save_figure
+from ..measures.null import store_null
+from ..measures.similarity import Similarity, similarity
+from ..storage.store import FeatureStore
 from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask
 
 _LABELS = {
@@ -143,7 +143,7 @@ def similarity_cmd(
         dev = resolve_device(device.value)
         t0 = time.perf_counter()
         if client is not None:
-            from ..distributed import accumulate_dask
+            from ..core.distributed import accumulate_dask
 
             m = accumulate_dask(client, s, a, b, split=split, precision=precision.value, device=device.value,
                                 progress=not quiet)

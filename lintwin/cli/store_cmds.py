@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..check import check_store
 from ..errors import LintwinError
-from ..importer import import_features
-from ..store import FeatureStore
-from ..synthetic import write_synthetic_store
+from ..storage.check import check_store
+from ..storage.importer import import_features
+from ..storage.store import FeatureStore
+from ..storage.synthetic import write_synthetic_store
 from ._common import app, cli_errors, echo
 
 

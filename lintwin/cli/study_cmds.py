@@ -11,10 +11,10 @@ from typer.core import TyperCommand
 
 from ..affine import AffineMap
 from ..errors import LintwinError
-from ..images import open_images
-from ..networks import NetworkSpec
+from ..networks.images import open_images
+from ..networks.onnx_models import NetworkSpec
 from ..solvers import AdamOptions
-from ..store import FeatureStore
+from ..storage.store import FeatureStore
 from ._common import (
     AdamBatchOpt,
     AdamSeedOpt,
@@ -96,8 +96,8 @@ def study(
     quiet: QuietOpt = False,
 ) -> None:
     """Map every ordered pair of N networks (one pass) and score all maps with every head (one more pass)."""
-    from ..study import parse_bytes, resolve_heads, run_study
-    from ..study_report import study_text, write_study
+    from ..experiments.study import parse_bytes, resolve_heads, run_study
+    from ..experiments.study_report import study_text, write_study
 
     with cli_errors(), maybe_dask(dask) as client:
         if stitch_pair is not None:
@@ -125,7 +125,7 @@ def study(
         echo(f"wrote {paths['report']}, {paths['json']}, {len([p for p in paths.values() if p.suffix == '.png'])} "
              f"heatmaps and {sum(len(k) for k in maps.values())} maps under {out}")
         if stitch_pair is not None:
-            from ..stitch import stitch as do_stitch
+            from ..networks.stitch import stitch as do_stitch
 
             a, b = stitch_pair
             kind = "heads" if method.value == "heads" else "fitted"
@@ -145,8 +145,8 @@ def stitch(
     count: Annotated[int, typer.Option(min=1, help="images to check")] = 256,
 ) -> None:
     """Write one ONNX model (image → B's logits through A's features and the map) and check it against the three steps."""
-    from ..stitch import check_stitched
-    from ..stitch import stitch as do_stitch
+    from ..networks.stitch import check_stitched
+    from ..networks.stitch import stitch as do_stitch
 
     with cli_errors():
         amap = AffineMap.load(map_file)

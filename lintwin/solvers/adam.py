@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._xp import device, from_numpy, namespace, to_numpy
+from ..core.fit_metrics import paper_loss_rows
+from ..core.xp import device, from_numpy, namespace, to_numpy
 from ..errors import LintwinError
-from ..metrics import paper_loss_rows
 
 __all__ = ["AdamOptions", "VARIANTS", "adam_step", "fit_adam", "paper_loss_grad"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import device, solve_triangular
+from ..core.xp import device, solve_triangular
 
 __all__ = ["Scaled", "constant_units", "default_rcond", "estimate_condition", "expected_error", "inverse_frobenius", "moment_eps",
            "scale_system"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import device, namespace, solve_triangular
+from ..core.xp import device, namespace, solve_triangular
 from ..errors import LintwinError
 from .conditioning import default_rcond, estimate_condition, expected_error, inverse_frobenius, scale_system
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .._xp import namespace, to_numpy
-from ..moments import Moments
+from ..core.moments import Moments
+from ..core.xp import namespace, to_numpy
 
 __all__ = ["RidgeCV", "default_lambdas", "fold_weights", "ridge_cv"]
 

@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._xp import device, from_numpy, namespace, to_numpy
-from .errors import LintwinError, NonFiniteError, ShapeError
+from ..errors import LintwinError, NonFiniteError, ShapeError
 from .files import atomic_write
 from .kernel_sums import KernelSums
+from .xp import device, from_numpy, namespace, to_numpy
 
 Precision = Literal["float32", "float64"]
 _FORMAT = "lintwin.moments/1"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._xp import row_spans
-from .errors import LintwinError, NonFiniteError, ShapeError
-from .moments import check_finite
+from ..core.moments import check_finite
+from ..core.xp import row_spans
+from ..errors import LintwinError, NonFiniteError, ShapeError
 from .store import FeatureStore, check_name, default_chunk_rows
 
 __all__ = ["import_features", "load_array", "load_ids"]

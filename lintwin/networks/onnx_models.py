@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LintwinError, ModelError, ShapeError
+from ..errors import LintwinError, ModelError, ShapeError
 from .images import Preprocess
 
 __all__ = ["Backbone", "Head", "NetworkSpec", "file_sha256"]

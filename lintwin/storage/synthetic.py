@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._xp import row_spans
-from .errors import LintwinError, ShapeError
+from ..core.xp import row_spans
+from ..errors import LintwinError, ShapeError
 from .store import FeatureStore, check_name, default_chunk_rows
 
 __all__ = ["SyntheticPair", "write_synthetic_store"]

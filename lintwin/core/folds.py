@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._gpu import resolve_device, to_device
-from ._xp import from_numpy, namespace, row_spans
-from .errors import LintwinError
+from ..errors import LintwinError
+from ..storage.store import FeatureStore
+from .gpu import resolve_device, to_device
 from .moments import Moments, locate_nonfinite
-from .store import FeatureStore
+from .xp import from_numpy, namespace, row_spans
 
 __all__ = ["accumulate_folds", "accumulate_folds_arrays", "image_folds"]
 

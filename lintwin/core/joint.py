@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._gpu import resolve_device, to_device
-from ._xp import device as array_device
-from ._xp import namespace, to_numpy
+from ..errors import LintwinError, ShapeError
+from ..storage.store import FeatureStore
 from .distributed import reduce_futures, row_ranges
-from .errors import LintwinError, ShapeError
 from .files import atomic_write
 from .folds import image_folds
+from .gpu import resolve_device, to_device
 from .moments import Moments, Precision
-from .store import FeatureStore
+from .xp import device as array_device
+from .xp import namespace, to_numpy
 
 __all__ = ["JointMoments", "accumulate_joint", "accumulate_joint_dask", "available_memory", "joint_bytes", "store_fingerprint"]
 

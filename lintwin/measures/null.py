@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._gpu import to_device
-from ._xp import row_spans
-from .errors import LintwinError
-from .moments import Moments
-from .store import FeatureStore
+from ..core.gpu import to_device
+from ..core.moments import Moments
+from ..core.xp import row_spans
+from ..errors import LintwinError
+from ..storage.store import FeatureStore
 
 __all__ = ["NullResult", "arrays_null", "permutation_null", "shifted_block", "shuffled_moments", "store_null"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import LintwinError
+from ..errors import LintwinError
 from .store import FeatureStore, chunk_problems
 
 __all__ = ["CheckReport", "check_store"]

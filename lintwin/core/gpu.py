@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import LintwinError
+from ..errors import LintwinError
 
 Device = Literal["auto", "cpu", "gpu"]
 

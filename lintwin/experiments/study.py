@@ -24,16 +24,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._gpu import resolve_device, to_device
-from ._xp import to_numpy
-from .affine import AffineMap
-from .api import fit_ridge_cv, fit_store, maps_from_moments
-from .errors import LintwinError, ModelError, StoreError
-from .experiment import Regions
-from .head_maps import head_map, read_affine_head
-from .metrics import FitMetrics
-from .moments import Moments
-from .multi_moments import (
+from ..affine import AffineMap
+from ..api import fit_ridge_cv, fit_store, maps_from_moments
+from ..core.fit_metrics import FitMetrics
+from ..core.gpu import resolve_device, to_device
+from ..core.joint import (
     JointMoments,
     accumulate_joint,
     accumulate_joint_dask,
@@ -42,10 +37,15 @@ from .multi_moments import (
     joint_bytes,
     store_fingerprint,
 )
-from .networks import Head, NetworkSpec, file_sha256
-from .similarity import similarity
-from .solvers import AdamOptions
-from .store import FeatureStore
+from ..core.moments import Moments
+from ..core.xp import to_numpy
+from ..errors import LintwinError, ModelError, StoreError
+from ..measures.similarity import similarity
+from ..networks.head_maps import head_map, read_affine_head
+from ..networks.onnx_models import Head, NetworkSpec, file_sha256
+from ..solvers import AdamOptions
+from ..storage.store import FeatureStore
+from .compare import Regions
 
 __all__ = ["StudyResult", "parse_bytes", "resolve_heads", "run_study"]
 

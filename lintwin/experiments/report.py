@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .experiment import Regions
+    from .compare import Regions
 
 __all__ = ["format_table", "new_figure", "save_figure", "metrics_table", "plot_loss_curve", "plot_regions", "plot_ridge_cv", "regions_text",
            "table1_text"]

@@ -64,13 +64,13 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import device, namespace, to_numpy
-from .api import maps_from_moments
-from .errors import LintwinError
-from .moments import Moments
-from .solvers import default_rcond, ridge_cv
-from .solvers.conditioning import scale_system
-from .solvers.ridge_cv import fold_weights
+from ..api import maps_from_moments
+from ..core.moments import Moments
+from ..core.xp import device, namespace, to_numpy
+from ..errors import LintwinError
+from ..solvers import default_rcond, ridge_cv
+from ..solvers.conditioning import scale_system
+from ..solvers.ridge_cv import fold_weights
 
 __all__ = ["DEFAULT_ALPHAS", "Similarity", "similarity"]
 

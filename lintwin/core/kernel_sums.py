@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import from_numpy, namespace, to_numpy
+from .xp import from_numpy, namespace, to_numpy
 
 __all__ = ["KernelSums"]
 

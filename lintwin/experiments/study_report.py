@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_write, jsonable
+from ..core.files import atomic_write, jsonable
 from .report import format_table, new_figure, save_figure
 from .study import StudyResult
 

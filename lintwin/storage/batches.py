@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ._gpu import to_device
-from ._xp import from_numpy, namespace
+from ..core.gpu import to_device
+from ..core.xp import from_numpy, namespace
 from .store import FeatureStore
 
 __all__ = ["ArrayBatches", "StoreBatches"]

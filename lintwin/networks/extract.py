@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._xp import row_spans
-from .errors import LintwinError, ShapeError, StoreError
+from ..core.moments import check_finite
+from ..core.xp import row_spans
+from ..errors import LintwinError, ShapeError, StoreError
+from ..storage.store import FeatureStore, default_chunk_rows
 from .images import Augment, ImageSet, Preprocess, decode_image
-from .moments import check_finite
-from .networks import Backbone, Head, NetworkSpec
-from .store import FeatureStore, default_chunk_rows
+from .onnx_models import Backbone, Head, NetworkSpec
 
 __all__ = ["ExtractSummary", "default_workers", "extract_features"]
 

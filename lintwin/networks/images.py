@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LintwinError
+from ..errors import LintwinError
 
 __all__ = ["Augment", "ImageSet", "Preprocess", "concat_images", "decode_image", "open_images", "read_idx"]
 

@@ -6,18 +6,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LintwinError
-from .experiment import CompareResult, compare
-from .extract import extract_features
-from .images import DEFAULT_FASHION_MNIST, open_images
-from .networks import Head, NetworkSpec
+from ..errors import LintwinError
+from ..networks.extract import extract_features
+from ..networks.images import DEFAULT_FASHION_MNIST, open_images
+from ..networks.onnx_models import Head, NetworkSpec
+from ..solvers import AdamOptions
+from ..storage.store import FeatureStore
+from .compare import CompareResult, compare
 from .report import plot_regions, regions_text, table1_text
-from .solvers import AdamOptions
-from .store import FeatureStore
 
 __all__ = ["BUNDLED_MODELS", "DemoPaths", "run_demo", "write_compare_outputs"]
 
-BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models" / "fashion"
+BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models" / "fashion"
 NETWORKS = ("fmnist-resnet", "fmnist-inception")
 
 

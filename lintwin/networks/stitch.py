@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import to_numpy
-from .affine import AffineMap
-from .errors import LintwinError, MapFileError, ModelError, ShapeError
+from ..affine import AffineMap
+from ..core.xp import to_numpy
+from ..errors import LintwinError, MapFileError, ModelError, ShapeError
 from .images import ImageSet
-from .networks import Backbone, Head, NetworkSpec
+from .onnx_models import Backbone, Head, NetworkSpec
 
 __all__ = ["StitchCheck", "check_stitched", "stitch"]
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import to_numpy
-from .folds import image_folds
-from .moments import Moments
-from .solvers.ridge_cv import fold_weights
-from .store import FeatureStore
+from ..core.folds import image_folds
+from ..core.moments import Moments
+from ..core.xp import to_numpy
+from ..storage.store import FeatureStore
+from .ridge_cv import fold_weights
 
 __all__ = ["agreement_path"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LintwinError, ShapeError
+from ..errors import LintwinError, ShapeError
 
 __all__ = ["bootstrap_table", "default_losses"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .affine import AffineMap
-from .errors import ModelError, ShapeError
+from ..affine import AffineMap
+from ..errors import ModelError, ShapeError
 
 __all__ = ["AffineHead", "head_map", "read_affine_head"]
 

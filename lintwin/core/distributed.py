@@ -22,11 +22,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ._gpu import resolve_device, to_device
-from ._xp import to_numpy
-from .errors import LintwinError
+from ..errors import LintwinError
+from ..storage.store import FeatureStore
+from .gpu import resolve_device, to_device
 from .moments import Moments, locate_nonfinite
-from .store import FeatureStore
+from .xp import to_numpy
 
 __all__ = ["accumulate_dask", "dask_client", "parse_address", "range_futures", "reduce_futures", "row_ranges"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._xp import namespace
+from .xp import namespace
 
 __all__ = ["FitMetrics", "paper_loss", "paper_loss_rows", "row_cosine"]
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ._gpu import resolve_device, to_device
-from ._xp import to_numpy
-from .affine import AffineMap
-from .api import evaluate_store, fit_store
-from .bootstrap import bootstrap_table
-from .errors import LintwinError, MapFileError, ModelError, ShapeError, StoreError
-from .networks import Head, NetworkSpec
-from .solvers import AdamOptions
-from .store import FeatureStore
+from ..affine import AffineMap
+from ..api import evaluate_store, fit_store
+from ..core.gpu import resolve_device, to_device
+from ..core.xp import to_numpy
+from ..errors import LintwinError, MapFileError, ModelError, ShapeError, StoreError
+from ..measures.bootstrap import bootstrap_table
+from ..networks.onnx_models import Head, NetworkSpec
+from ..solvers import AdamOptions
+from ..storage.store import FeatureStore
 
 __all__ = ["CompareResult", "Regions", "check_head", "check_map", "compare", "predict_store", "score"]
 

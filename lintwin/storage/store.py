@@ -36,8 +36,8 @@ import zarr
 from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ._xp import row_spans
-from .errors import ShapeError, StoreError
+from ..core.xp import row_spans
+from ..errors import ShapeError, StoreError
 
 __all__ = ["FeatureStore", "check_name", "chunk_problems", "default_chunk_rows", "ids_sha256"]
 
