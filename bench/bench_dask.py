@@ -40,6 +40,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from lintwin.core.distributed import accumulate_dask
+    from lintwin.storage.source import StoreSource
 
     da, db = args.dims
     d = da + db
@@ -54,9 +55,9 @@ def main() -> None:
         for workers in (1, 2):
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                               dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
-                accumulate_dask(client, store, "A", "B", progress=False)  # warm up
+                accumulate_dask(client, StoreSource(store, "train", ["A", "B"]), progress=False)  # warm up
                 t0 = time.perf_counter()
-                m = accumulate_dask(client, store, "A", "B", progress=False)
+                m = accumulate_dask(client, StoreSource(store, "train", ["A", "B"]), progress=False)
                 sec = time.perf_counter() - t0
             err = float(np.abs(m.comoment - ref.comoment).max() / np.abs(ref.comoment).max())
             rows.append((f"dask, {workers} worker(s) x 1 thread ({2 * workers} ranges, "

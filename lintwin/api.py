@@ -1,31 +1,35 @@
 """The public fitting API: arrays or stores in, :class:`AffineMap` objects out.
 
-Three layers, as in scikit-learn: :func:`accumulate_*` make :class:`Moments` in one pass,
-:func:`maps_from_moments` turns them into closed-form maps, and :func:`fit` /
-:func:`fit_store` validate input and dispatch on ``method``.
+Three layers, as in scikit-learn: ``accumulate_*`` make :class:`Moments` in one pass (through the
+one pass driver, :mod:`lintwin.core.driver`), :func:`maps_from_moments` turns them into closed-form
+maps, and :func:`fit` / :func:`fit_store` validate their settings once (:class:`FitSettings`) and
+dispatch on ``method``. The device is resolved once here, at the boundary, into a
+:class:`~lintwin.core.placement.Placement` that every pass below receives.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .affine import AffineMap
 from .core.distributed import accumulate_dask
-from .core.fit_metrics import FitMetrics
-from .core.folds import accumulate_folds, accumulate_folds_arrays
-from .core.gpu import resolve_device, to_device
-from .core.moments import Moments, check_pair, locate_nonfinite
-from .core.xp import namespace, row_spans, to_numpy
+from .core.driver import ArraySource, accumulate, run_pass
+from .core.driver import accumulate_folds as accumulate_fold_source
+from .core.fit_metrics import MapMetricsSink
+from .core.folds import image_folds
+from .core.moments import Moments, check_pair
+from .core.params import AdamOptions, FitSettings, check_rank
+from .core.placement import Placement, placement
+from .core.xp import namespace
 from .errors import LintwinError, ShapeError
-from .solvers import AdamOptions, RidgeCV, check_ridge, fit_adam, reduce_rank, ridge_cv, solve_affine
+from .solvers import RidgeCV, fit_adam, fit_ridge_cv, maps_from_moments
 from .solvers.agreement import agreement_path
-from .solvers.conditioning import constant_units
 from .storage.batches import ArrayBatches, StoreBatches
+from .storage.source import StoreSource
 from .storage.store import FeatureStore
 
 Method = Literal["lstsq", "adam"]
@@ -34,6 +38,8 @@ Criterion = Literal["feature-error", "agreement"]
 
 __all__ = [
     "accumulate_arrays",
+    "accumulate_folds",
+    "accumulate_folds_arrays",
     "accumulate_store",
     "evaluate",
     "evaluate_store",
@@ -42,7 +48,6 @@ __all__ = [
     "fit_ridge_cv",
     "fit_store",
     "maps_from_moments",
-    "moment_metrics",
 ]
 
 _BLOCK = 8192
@@ -55,133 +60,35 @@ def accumulate_arrays(a: Any, b: Any, *, names: tuple[str, str] = ("A", "B"),
     NaN/Inf are detected once at the end (no device sync per block) and then located by row.
     """
     check_pair(a, b, names)
-    m = Moments(int(a.shape[1]), int(b.shape[1]), names, precision, kernel=kernel)  # type: ignore[arg-type]
-    spans = row_spans(int(a.shape[0]), block_rows)
-    for lo, hi in spans:
-        m.update(a[lo:hi, ...], b[lo:hi, ...])
-    if not m.is_finite():
-        locate_nonfinite(((lo, (a[lo:hi, ...], b[lo:hi, ...])) for lo, hi in spans), names)
-        m.check_finite()  # finite values whose float32 products overflow
-    return m
+    return accumulate(ArraySource([a, b], names, block_rows), precision=precision, kernel=kernel)  # type: ignore[arg-type]
 
 
 def accumulate_store(store: FeatureStore, src: str, dst: str, *, split: str = "train",
-                     precision: str = "float32", device: str = "auto", block_rows: int | None = None,
+                     precision: str = "float32", device: str | Placement = "auto", block_rows: int | None = None,
                      progress: bool = True, kernel: bool = False) -> Moments:
     """Joint moments of two networks' features in one streaming pass over ``split``."""
-    device = resolve_device(device)
-    dims = (int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"]))
-    m = Moments(dims[0], dims[1], (src, dst), precision, kernel=kernel)  # type: ignore[arg-type]
-    n = store.rows(split)
-    with tqdm(total=n, desc=f"moments {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
-        for _, (a, b) in store.iter_blocks(split, [src, dst], block_rows=block_rows):
-            m.update(to_device(a, device), to_device(b, device))
-            bar.update(a.shape[0])
-    if not m.is_finite():
-        locate_nonfinite(store.iter_blocks(split, [src, dst]), (src, dst))
-        m.check_finite()
-    return m
+    source = StoreSource(store, split, [src, dst], block_rows=block_rows)
+    return accumulate(source, placement=placement(device), precision=precision, kernel=kernel,  # type: ignore[arg-type]
+                      progress=progress, desc=f"moments {split}")
 
 
-def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both: bool = False,
-                      rcond: float | None = None, rank: int | None = None) -> list[AffineMap]:
-    """Closed-form map src→dst (and dst→src with ``both``) from one accumulator.
-
-    ``ridge`` is one λ or one per direction; ``rank`` makes each map the best map of that rank.
-    """
-    src, dst = m.names
-    specs = [(src, dst, *m.oriented(False))]
-    if both:
-        specs.append((dst, src, *m.oriented(True)))
-    ridges = [check_ridge(ridge)] * 2 if isinstance(ridge, (int, float)) else [check_ridge(r) for r in ridge]
-    maps = []
-    for (s, d, sxx, sxy, syy, mx, my), lam in zip(specs, ridges):
-        t0 = time.perf_counter()
-        w, b, info = solve_affine(sxx, sxy, mx, my, m.n, ridge=lam, label=f"{s}→{d}", precision=m.precision,
-                                  rcond=rcond)
-        if rank is not None:
-            w = reduce_rank(w, sxx, rank, ridge=lam)
-            b = my - w @ mx
-            info["map_rank"] = rank
-        info["solve_seconds"] = time.perf_counter() - t0
-        info["train_metrics"] = moment_metrics(w, sxx, sxy, syy, my, m.n, m.precision)
-        options = {"ridge": lam, "precision": m.precision} | ({"rank": rank} if rank is not None else {})
-        maps.append(AffineMap(w, b, src=s, dst=d, method="lstsq", n_train=m.n, stats=info, options=options))
-    return maps
+def accumulate_folds(store: FeatureStore, src: str, dst: str, *, k: int = 5, split: str = "train",
+                     precision: str = "float32", device: str | Placement = "auto", seed: int = 0,
+                     progress: bool = True, kernel: bool = False, block_rows: int | None = None) -> list[Moments]:
+    """One streaming pass: the moments of each of ``k`` image folds of ``split`` (``kernel``: with kernel sums)."""
+    source = StoreSource(store, split, [src, dst], block_rows=block_rows)
+    folds = image_folds(store.ids(split), source.rows, k, seed)
+    return accumulate_fold_source(source, folds, k, placement=placement(device), precision=precision,  # type: ignore[arg-type]
+                                  kernel=kernel, progress=progress, desc=f"fold moments {split}")
 
 
-def moment_metrics(weight: Any, sxx: Any, sxy: Any, syy: Any, mean_y: Any, n: int,
-                   precision: str) -> dict[str, Any]:
-    """Exact training R² of an affine map whose bias fits the means, from the co-moments alone.
-
-    SSE = tr(Syy) − 2 tr(W Sxy) + tr(W Sxx W^T); R² = 1 − SSE / tr(Syy), overall
-    (variance-weighted) and per target dimension (NaN for target units that are constant by the
-    solver's rule). No pass over the rows is needed.
-    """
-    xp = namespace(weight, sxx)
-    wsxy = xp.sum(weight * xp.matrix_transpose(sxy), axis=1)                  # diag(W Sxy)
-    wsw = xp.sum((weight @ sxx) * weight, axis=1)                              # diag(W Sxx W^T)
-    tot = xp.linalg.diagonal(syy)
-    sse = xp.maximum(tot - 2.0 * wsxy + wsw, xp.zeros_like(tot))
-    sse_all, tot_all = float(xp.sum(sse)), float(xp.sum(tot))
-    const = constant_units(tot, mean_y, n, precision, xp=xp)
-    per_dim = to_numpy(xp.where(const, xp.full_like(tot, float("nan")),
-                                1.0 - sse / xp.where(const, xp.ones_like(tot), tot)))
-    return {"rows": int(n), "r2": 1.0 - sse_all / tot_all if tot_all > 0 else float("nan"),
-            "r2_per_dim": [float(v) for v in per_dim], "from": "moments"}
-
-
-def fit_ridge_cv(fold_moments: list[Moments], *, both: bool = False, rank: int | None = None,
-                 agreement: Callable[[RidgeCV, bool], np.ndarray] | None = None,
-                 criterion: Criterion = "feature-error") -> list[AffineMap]:
-    """Closed-form maps with λ chosen per direction by K-fold CV over images, from fold moments.
-
-    ``criterion="feature-error"`` minimises the held-out squared feature error (from the fold
-    moments alone); ``"agreement"`` maximises held-out top-1 agreement with the target network's
-    head, computed by ``agreement(cv, reverse)`` (one more pass per fold).
-    """
-    if criterion not in ("feature-error", "agreement"):
-        raise LintwinError(f"ridge criterion must be 'feature-error' or 'agreement', got {criterion!r}")
-    cvs = [ridge_cv(fold_moments, reverse=r) for r in ([False, True] if both else [False])]
-    if criterion == "agreement":
-        if agreement is None:
-            raise LintwinError("the 'agreement' ridge criterion needs the target network's head")
-        for cv, reverse in zip(cvs, (False, True)):
-            cv.choose_by_agreement(agreement(cv, reverse))
-    maps = maps_from_moments(Moments.merged(fold_moments), ridge=[cv.chosen for cv in cvs], both=both, rank=rank)
-    for mp, cv in zip(maps, cvs):
-        mp.stats["ridge_cv"] = cv.as_dict()
-        mp.options.update(ridge="auto", chosen_ridge=cv.chosen, folds=cv.folds, ridge_criterion=criterion)
-    return maps
-
-
-def _validate(method: str, init: str, ridge: Any, rank: int | None, folds: int, adam: AdamOptions | None) -> None:
-    """Refuse bad settings before any work is done."""
-    if method not in ("lstsq", "adam"):
-        raise LintwinError(f"method must be 'lstsq' or 'adam', got {method!r}")
-    if init not in ("random", "lstsq"):
-        raise LintwinError(f"init must be 'random' or 'lstsq', got {init!r}")
-    if isinstance(ridge, str):
-        if ridge != "auto":
-            raise LintwinError(f"ridge must be a number >= 0 or 'auto', got {ridge!r}")
-    elif isinstance(ridge, (list, tuple)):
-        [check_ridge(r) for r in ridge]
-    else:
-        check_ridge(ridge)
-    if rank is not None and rank < 1:
-        raise LintwinError(f"rank must be >= 1, got {rank}")
-    if folds < 2:
-        raise LintwinError(f"cross-validation needs at least 2 folds, got {folds}")
-    if method == "adam" and rank is not None:
-        raise LintwinError("--rank applies to the closed-form map; use --method lstsq")
-    if adam is not None:
-        adam.validate()
-
-
-def _check_rank(rank: int | None, dim_a: int, dim_b: int) -> None:
-    if rank is not None and not 1 <= rank <= min(dim_a, dim_b):
-        raise LintwinError(f"rank must be between 1 and {min(dim_a, dim_b)} (the narrower network's width), "
-                           f"got {rank}")
+def accumulate_folds_arrays(a: Any, b: Any, ids: np.ndarray | None, *, k: int = 5,
+                            names: tuple[str, str] = ("A", "B"), precision: str = "float32",
+                            seed: int = 0, block_rows: int = _BLOCK) -> list[Moments]:
+    """:func:`accumulate_folds` for paired features in memory, any namespace (``ids`` give the images)."""
+    check_pair(a, b, names)
+    folds = image_folds(ids, int(a.shape[0]), k, seed)
+    return accumulate_fold_source(ArraySource([a, b], names, block_rows), folds, k, precision=precision)  # type: ignore[arg-type]
 
 
 def _adam_maps(starts: list[AffineMap] | None, pairs: list[tuple[str, str, int, int]], batches: list,
@@ -219,37 +126,38 @@ def fit(a: Any, b: Any, *, method: Method = "lstsq", ridge: float | str = 0.0, r
     rows ``img#v0``, ``img#v1`` of one image share a fold); ``rank`` limits the map's rank.
     Returns one map, or ``(map_a_to_b, map_b_to_a)`` with ``both`` -- as :func:`fit_store`.
     """
-    _validate(method, init, ridge, rank, folds, adam)
+    cfg = FitSettings(method=method, ridge=ridge, rank=rank, folds=folds, precision=precision, init=init,
+                      adam=adam or AdamOptions()).validated()
     check_pair(a, b, names)
     if a.shape[0] == 0:
         raise ShapeError("no rows to fit on")
-    _check_rank(rank, int(a.shape[1]), int(b.shape[1]))
-    if method == "lstsq" or init == "lstsq":
-        if ridge == "auto":
-            fm = accumulate_folds_arrays(a, b, ids, k=folds, names=names, precision=precision)
+    check_rank(rank, (int(a.shape[1]), int(b.shape[1])))
+    maps: list[AffineMap] = []
+    if cfg.closed_form:
+        if cfg.ridge == "auto":
+            fm = accumulate_folds_arrays(a, b, ids, k=cfg.folds, names=names, precision=cfg.precision)
             maps = fit_ridge_cv(fm, both=both, rank=rank)
         else:
-            m = accumulate_arrays(a, b, names=names, precision=precision)
-            maps = maps_from_moments(m, ridge=ridge, both=both, rank=rank)  # type: ignore[arg-type]
-    if method == "adam":
-        adam = adam or AdamOptions()
+            m = accumulate_arrays(a, b, names=names, precision=cfg.precision)
+            maps = maps_from_moments(m, ridge=cfg.ridge, both=both, rank=rank)  # type: ignore[arg-type]
+    if cfg.method == "adam":
         xp = namespace(a, b)
-        work = xp.float64 if precision == "float64" else xp.float32
+        work = xp.float64 if cfg.precision == "float64" else xp.float32
         a_w = a if a.dtype == work else xp.astype(a, work)
         b_w = b if b.dtype == work else xp.astype(b, work)
         da, db = int(a.shape[1]), int(b.shape[1])
         pairs = [(names[0], names[1], da, db), (names[1], names[0], db, da)][: 2 if both else 1]
         data = [(a_w, b_w), (b_w, a_w)][: len(pairs)]
-        batches = [ArrayBatches(x, y, adam.batch, adam.seed) for x, y in data]
-        maps = _adam_maps(maps if init == "lstsq" else None, pairs, batches, [x for x, _ in data], adam, progress,
-                          ridge, precision, int(a.shape[0]))
+        batches = [ArrayBatches(x, y, cfg.adam.batch, cfg.adam.seed) for x, y in data]
+        maps = _adam_maps(maps if cfg.init == "lstsq" else None, pairs, batches, [x for x, _ in data], cfg.adam,
+                          progress, cfg.ridge, cfg.precision, int(a.shape[0]))
     return _result(maps, both)
 
 
 def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", method: Method = "lstsq",
-              ridge: float | str | Sequence[float] = 0.0, precision: str = "float32", device: str = "auto",
-              both: bool = False, adam: AdamOptions | None = None, init: Init = "random",
-              block_rows: int | None = None, progress: bool = True, dask_client: Any = None,
+              ridge: float | str | Sequence[float] = 0.0, precision: str = "float32",
+              device: str | Placement = "auto", both: bool = False, adam: AdamOptions | None = None,
+              init: Init = "random", block_rows: int | None = None, progress: bool = True, dask_client: Any = None,
               rank: int | None = None, folds: int = 5, ridge_criterion: Criterion = "feature-error",
               target_heads: dict[str, Any] | None = None) -> AffineMap | tuple[AffineMap, AffineMap]:
     """Fit maps between networks ``src`` and ``dst`` of a store, streaming its ``split``.
@@ -261,57 +169,53 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
     feature error or (``ridge_criterion="agreement"``, with ``target_heads`` mapping each target
     network's name to its head) by top-1 agreement; ``rank`` limits the map's rank.
     """
-    _validate(method, init, ridge, rank, folds, adam)
-    if dask_client is not None and method != "lstsq":
-        raise LintwinError("--dask runs the closed-form accumulation; use it with --method lstsq")
-    if ridge == "auto" and dask_client is not None:
-        raise LintwinError("--ridge auto accumulates fold moments on one machine; drop --dask")
-    worker_device = device  # each Dask worker resolves "auto" for itself
-    device = resolve_device(device)
+    worker_device = device if isinstance(device, str) else device.label  # each Dask worker resolves "auto" itself
+    cfg = FitSettings(method=method, ridge=ridge if isinstance(ridge, (str, int, float)) else tuple(ridge),
+                      rank=rank, folds=folds, precision=precision, init=init, ridge_criterion=ridge_criterion,
+                      adam=adam or AdamOptions(), device=worker_device).validated(dask=dask_client is not None)
+    place = placement(device)
     if store.rows(split) == 0:
         raise ShapeError(f"split {split!r} has no rows")
-    dims = {name: int(store.info(split, name)["dim"]) for name in (src, dst)}
-    _check_rank(rank, dims[src], dims[dst])
+    source = StoreSource(store, split, [src, dst], block_rows=block_rows)
+    dims = dict(zip((src, dst), source.dims))
+    check_rank(rank, source.dims)  # type: ignore[arg-type]
     maps: list[AffineMap] = []
     t0 = time.perf_counter()
-    if ridge == "auto" and (method == "lstsq" or init == "lstsq"):
-        fm = accumulate_folds(store, src, dst, k=folds, split=split, precision=precision, device=device,
-                              progress=progress)
+    if cfg.closed_form and cfg.ridge == "auto":
+        fold_of_row = image_folds(store.ids(split), source.rows, cfg.folds)
+        fm = accumulate_fold_source(source, fold_of_row, cfg.folds, placement=place, precision=cfg.precision,  # type: ignore[arg-type]
+                                    progress=progress, desc=f"fold moments {split}")
 
         def agreement(cv: RidgeCV, reverse: bool) -> np.ndarray:
             head = (target_heads or {}).get(src if reverse else dst)
             if head is None:
                 raise LintwinError("the 'agreement' ridge criterion needs the target network's head")
-            return agreement_path(store, src, dst, fm, cv.lambdas, head, split=split, reverse=reverse)
+            return agreement_path(source, fold_of_row, fm, cv.lambdas, head, reverse=reverse, progress=progress)
 
-        maps = fit_ridge_cv(fm, both=both, rank=rank, agreement=agreement, criterion=ridge_criterion)
-    elif method == "lstsq" or init == "lstsq":
+        maps = fit_ridge_cv(fm, both=both, rank=rank, agreement=agreement, criterion=cfg.ridge_criterion)
+    elif cfg.closed_form:
         if dask_client is not None:
-            m = accumulate_dask(dask_client, store, src, dst, split=split, precision=precision,
-                                device=worker_device, progress=progress)
+            m = accumulate_dask(dask_client, source, precision=cfg.precision, device=worker_device,  # type: ignore[arg-type]
+                                progress=progress)
         else:
-            m = accumulate_store(store, src, dst, split=split, precision=precision, device=device,
-                                 block_rows=block_rows, progress=progress)
-        maps = maps_from_moments(m, ridge=ridge, both=both, rank=rank)  # type: ignore[arg-type]
+            m = accumulate(source, placement=place, precision=cfg.precision, progress=progress,  # type: ignore[arg-type]
+                           desc=f"moments {split}")
+        maps = maps_from_moments(m, ridge=cfg.ridge, both=both, rank=rank)  # type: ignore[arg-type]
     for mp in maps:
         mp.stats["accumulate_seconds"] = time.perf_counter() - t0
-    if method == "adam":
-        adam = adam or AdamOptions()
+    if cfg.method == "adam":
         names = [(src, dst), (dst, src)][: 2 if both else 1]
         pairs = [(s, d, dims[s], dims[d]) for s, d in names]
-        batches = [StoreBatches(store, split, s, d, batch=adam.batch, seed=adam.seed, device=device)
+        batches = [StoreBatches(store, split, s, d, batch=cfg.adam.batch, seed=cfg.adam.seed, place=place)
                    for s, d in names]
-        likes = [_like(device, precision) for _ in names]
-        maps = _adam_maps(maps if init == "lstsq" else None, pairs, batches, likes, adam, progress, ridge, precision,
-                          store.rows(split))
+        likes = [place.put(np.zeros(1, dtype=np.float64 if cfg.precision == "float64" else np.float32))
+                 for _ in names]
+        maps = _adam_maps(maps if cfg.init == "lstsq" else None, pairs, batches, likes, cfg.adam, progress,
+                          cfg.ridge, cfg.precision, store.rows(split))
     for mp in maps:
         mp.src_model_sha256 = store.info(split, mp.src).get("model_sha256")
         mp.dst_model_sha256 = store.info(split, mp.dst).get("model_sha256")
     return _result(maps, both)
-
-
-def _like(device: str, precision: str) -> Any:
-    return to_device(np.zeros(1, dtype=np.float64 if precision == "float64" else np.float32), device)
 
 
 def evaluate(mp: AffineMap, x: Any, y: Any, *, block_rows: int = _BLOCK) -> dict[str, float]:
@@ -319,40 +223,29 @@ def evaluate(mp: AffineMap, x: Any, y: Any, *, block_rows: int = _BLOCK) -> dict
     check_pair(x, y, (mp.src, mp.dst))
     if y.shape[1] != mp.dst_dim:
         raise ShapeError(f"map {mp.name} gives {mp.dst_dim}-dim features, targets have {y.shape[1]}")
-    acc = FitMetrics()
-    spans = row_spans(int(x.shape[0]), block_rows)
-    for lo, hi in spans:
-        acc.update(mp.apply(x[lo:hi, ...]), y[lo:hi, ...])
-    if not acc.is_finite():
-        locate_nonfinite(((lo, (x[lo:hi, ...], y[lo:hi, ...])) for lo, hi in spans), (mp.src, mp.dst))
-    return acc.result(scale_free=mp.method == "adam")
+    sink = MapMetricsSink([mp], {mp.src: 0, mp.dst: 1})
+    run_pass(ArraySource([x, y], (mp.src, mp.dst), block_rows), [sink])
+    return sink.metrics[0].result(scale_free=mp.method == "adam")
 
 
-def evaluate_store(mp: AffineMap, store: FeatureStore, split: str, *, device: str = "auto",
+def evaluate_store(mp: AffineMap, store: FeatureStore, split: str, *, device: str | Placement = "auto",
                    progress: bool = True) -> dict[str, float]:
     """:func:`evaluate` streamed over a store split."""
     return evaluate_store_maps([mp], store, split, device=device, progress=progress)[0]
 
 
-def evaluate_store_maps(maps: Sequence[AffineMap], store: FeatureStore, split: str, *, device: str = "auto",
-                        progress: bool = True) -> list[dict[str, float]]:
+def evaluate_store_maps(maps: Sequence[AffineMap], store: FeatureStore, split: str, *,
+                        device: str | Placement = "auto", progress: bool = True) -> list[dict[str, float]]:
     """:func:`evaluate` of several maps (e.g. both directions) in one streaming pass over ``split``."""
-    device = resolve_device(device)
+    place = placement(device)
     for mp in maps:
         for name, dim in ((mp.src, mp.src_dim), (mp.dst, mp.dst_dim)):
             got = int(store.info(split, name)["dim"])
             if got != dim:
                 raise ShapeError(f"map {mp.name} expects {dim}-dim features of {name}, the store has {got}")
     names = sorted({n for mp in maps for n in (mp.src, mp.dst)})
-    accs = [FitMetrics() for _ in maps]
-    n = store.rows(split)
+    sink = MapMetricsSink(maps, {n: k for k, n in enumerate(names)})
     label = ", ".join(mp.name for mp in maps)
-    with tqdm(total=n, desc=f"evaluate {label} {split}", unit="rows", unit_scale=True, disable=not progress) as bar:
-        for _, blocks in store.iter_blocks(split, names):
-            feats = {name: to_device(x, device) for name, x in zip(names, blocks)}
-            for mp, acc in zip(maps, accs):
-                acc.update(mp.apply(feats[mp.src]), feats[mp.dst])
-            bar.update(blocks[0].shape[0])
-    if not all(acc.is_finite() for acc in accs):
-        locate_nonfinite(store.iter_blocks(split, names), names)
-    return [acc.result(scale_free=mp.method == "adam") for mp, acc in zip(maps, accs)]
+    run_pass(StoreSource(store, split, names), [sink], placement=place, progress=progress,
+             desc=f"evaluate {label} {split}")
+    return [acc.result(scale_free=mp.method == "adam") for mp, acc in zip(maps, sink.metrics)]

@@ -57,7 +57,7 @@ class AffineMapRegressor(RegressorMixin, TransformerMixin, BaseEstimator):
         y2 = y if y.ndim == 2 else namespace(y).reshape(y, (-1, 1))
         check_pair(X, y2, ("X", "y"))
         if not hasattr(self, "moments_"):
-            self.moments_ = Moments(int(X.shape[1]), int(y2.shape[1]), ("X", "y"), self.precision)  # type: ignore[arg-type]
+            self.moments_ = Moments(int(X.shape[1]), int(y2.shape[1]), names=("X", "y"), precision=self.precision)  # type: ignore[arg-type]
         self.moments_.update(X, y2)
         (amap,) = maps_from_moments(self.moments_, ridge=float(self.ridge), rank=self.rank)
         return self._set_map(amap)

@@ -114,8 +114,10 @@ def test_ridge_cv_by_top1_agreement_matches_refitting(store):
     """With the target's head, λ is chosen by held-out agreement; one value checked by brute force."""
     from lintwin import fit
     from lintwin.api import fit_store
-    from lintwin.core.folds import accumulate_folds, image_folds
+    from lintwin.api import accumulate_folds
+    from lintwin.core.folds import image_folds
     from lintwin.solvers.agreement import agreement_path
+    from lintwin.storage.source import StoreSource
 
     head = Head(BUNDLED_MODELS / f"{NETS[1]}.head.onnx")
     m = fit_store(store, NETS[0], NETS[1], ridge="auto", folds=3, progress=False,
@@ -126,9 +128,9 @@ def test_ridge_cv_by_top1_agreement_matches_refitting(store):
     assert cv["agreement"][cv["lambdas"].index(cv["chosen"])] == max(cv["agreement"])
     folds = accumulate_folds(store, NETS[0], NETS[1], k=3, precision="float64", progress=False)
     lam = cv["lambdas"][12]
-    got = agreement_path(store, NETS[0], NETS[1], folds, [lam], head)[0]
     a, b = store.features("train", NETS[0])[:], store.features("train", NETS[1])[:]
     fold = image_folds(store.ids("train"), len(a), 3)
+    got = agreement_path(StoreSource(store, "train", NETS[:2]), fold, folds, [lam], head)[0]
     hits = 0
     for j in range(3):
         mj = fit(a[fold != j], b[fold != j], ridge=lam, precision="float64")

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 from lintwin import FeatureStore
 from lintwin.api import fit_store
 from lintwin.cli import app
-from lintwin.core.joint import JointMoments, accumulate_joint, store_fingerprint
+from lintwin.api import accumulate_store
+from lintwin.experiments.study import load_cached_moments, save_cached_moments
+from lintwin.storage.source import store_fingerprint
 from lintwin.errors import LintwinError, ModelError
 from lintwin.experiments.study import parse_bytes, resolve_heads, run_study
 from lintwin.networks.head_maps import head_map, read_affine_head
@@ -205,17 +207,17 @@ def test_killed_study_rerun_reuses_the_saved_moments(synth, tmp_path):
     for key, mp in maps1["fitted"].items():
         np.testing.assert_array_equal(maps2["fitted"][key].weight, mp.weight)
     # moments of other data (another network order of the same store counts as other data) are not reused
-    jm = JointMoments.load(saved, store_fingerprint(store, "train", ["B", "A", "C", "D"]))
+    jm = load_cached_moments(saved, store_fingerprint(store, "train", ["B", "A", "C", "D"]))
     assert jm is None
 
 
 def test_joint_moments_of_a_half_written_file_are_refused(synth, tmp_path):
     store, _, _ = synth
-    jm = accumulate_joint(store, ["A", "B"], device="cpu", progress=False)
-    path = jm.save(tmp_path / "j.npz", {"x": 1})
+    jm = accumulate_store(store, "A", "B", device="cpu", progress=False)
+    path = save_cached_moments(jm, tmp_path / "j.npz", {"x": 1})
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(LintwinError, match="not a lintwin joint-moments file"):
-        JointMoments.load(path, {"x": 1})
+        load_cached_moments(path, {"x": 1})
 
 
 def test_pairwise_fallback_when_the_joint_moments_do_not_fit(synth, tmp_path):

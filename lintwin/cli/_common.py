@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..affine import AffineMap
+from ..core.distributed import dask_client
 from ..errors import LintwinError
 from ..solvers import PrecisionWarning, RankWarning
 
@@ -114,20 +114,6 @@ RIDGE_HELP = ("ridge λ on the weights: one number (both directions), two as 'λ
               "K-fold CV over images; λ is in units of the summed co-moments, so it grows with the row count")
 
 
-def parse_ridge(value: str) -> float | str | tuple[float, float]:
-    """``--ridge``: ``auto``, one number >= 0, or two numbers ``a,b`` (one per direction)."""
-    if value == "auto":
-        return value
-    parts = value.split(",")
-    try:
-        lams = [float(p) for p in parts]
-    except ValueError:
-        raise LintwinError(f"--ridge expects a number >= 0, two as 'λ_AB,λ_BA', or 'auto', got {value!r}") from None
-    if len(lams) > 2 or any(not math.isfinite(lam) or lam < 0 for lam in lams):
-        raise LintwinError(f"--ridge expects finite numbers >= 0 (one, or two as 'λ_AB,λ_BA'), got {value!r}")
-    return lams[0] if len(lams) == 1 else (lams[0], lams[1])
-
-
 def check_writable_dir(path: Path, what: str) -> None:
     """Refuse, before any work, an output directory that cannot be created or written (creating nothing)."""
     if path.exists() and not path.is_dir():
@@ -153,7 +139,5 @@ def maybe_dask(address: Optional[str]) -> Iterator[object]:
     if address is None:
         yield None
         return
-    from ..core.distributed import dask_client
-
     with dask_client(address, echo=lambda msg: typer.echo(msg, err=True)) as client:
         yield client

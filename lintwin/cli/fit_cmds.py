@@ -10,7 +10,8 @@ import typer
 
 from .. import api
 from ..affine import AffineMap
-from ..core.gpu import device_note
+from ..core.params import parse_ridge
+from ..core.placement import placement
 from ..errors import LintwinError
 from ..experiments.report import metrics_table, plot_loss_curve, plot_ridge_cv
 from ..solvers import AdamOptions
@@ -40,7 +41,6 @@ from ._common import (
     cli_errors,
     echo,
     maybe_dask,
-    parse_ridge,
     ridge_summary,
 )
 
@@ -60,17 +60,21 @@ def map_paths(out: Path, names: list[tuple[str, str]]) -> list[Path]:
 
 
 def _detail(mp: AffineMap) -> str:
-    """What the fit of one map reported, in one line."""
+    """What the fit of one map reported, in one line (each condition figure named)."""
     st = mp.stats
     if mp.method == "adam":
         return f"Adam ({mp.options['variant']} variant), final batch loss {st['final_loss']:.4f}"
-    text = f"solver {st['solver']}, rank {st['rank']}"
+    effective = st["dim"] - st.get("constant_units", 0)
+    text = f"solver {st['solver']}, rank {st['rank']} of {effective}"
     if st.get("constant_units"):
         text += f" ({st['constant_units']} constant unit(s) got zero weight)"
     if "map_rank" in st:
         text += f", reduced to rank {st['map_rank']}"
-    return (text + f", condition ≈ {st['condition']:.3g}, expected relative error of W ≈ {st['expected_error']:.1e} "
-            f"({st['precision']} products)")
+    text += f", condition {'≥' if st.get('condition_is_lower_bound') else '≈'} {st['condition']:.3g} (whole scaled system"
+    if st["rank"] < effective:
+        text += f"; the retained rank-{st['rank']} system's ≈ {st['retained_condition']:.3g}"
+    text += ")"
+    return text + (f", expected relative error of W ≈ {st['expected_error']:.1e} ({st['precision']} products)")
 
 
 @app.command()
@@ -149,7 +153,7 @@ def solve(
         for mp in maps:
             if "ridge_cv" in mp.stats:
                 echo(ridge_summary(mp))
-        echo(f"fit time {fit_seconds:.2f} s (method {method.value}, device {device_note(device.value)})")
+        echo(f"fit time {fit_seconds:.2f} s (method {method.value}, device {placement(device.value).describe()})")
         for mp, path in zip(maps, paths):
             mp.save(path)
             echo(f"wrote {path}")

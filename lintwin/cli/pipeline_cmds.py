@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..affine import AffineMap
+from ..core.params import parse_ridge
 from ..experiments.compare import compare as run_compare
 from ..experiments.compare import score as score_store
 from ..experiments.demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
@@ -42,7 +43,6 @@ from ._common import (
     cli_errors,
     echo,
     maybe_dask,
-    parse_ridge,
     ridge_summary,
 )
 

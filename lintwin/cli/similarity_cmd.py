@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-from ..api import accumulate_store
 from ..core.files import atomic_write
-from ..core.folds import accumulate_folds
-from ..core.gpu import resolve_device
-from ..core.moments import Moments
 from ..errors import LintwinError
+from ..experiments.pair_similarity import pair_similarity
 from ..experiments.report import format_table, new_figure, save_figure
-from ..measures.null import store_null
-from ..measures.similarity import Similarity, similarity
+from ..measures.similarity import DEFAULT_ALPHAS, Similarity
 from ..storage.store import FeatureStore
 from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask
 
@@ -42,17 +37,6 @@ def _label(key: str, a: str, b: str) -> str:
             src, dst = (a, b) if key.endswith("_ab") else (b, a)
             return f"{what} {src}→{dst}"
     return _LABELS.get(key, key)
-
-
-def accumulate_with_folds(store: FeatureStore, a: str, b: str, *, split: str, folds: int, precision: str,
-                          device: str, block_rows: int | None, progress: bool) -> tuple[Moments, list[Moments]]:
-    """One pass: the moments with kernel sums, and (``folds`` >= 2) those of each image fold they merge from."""
-    if folds < 2:
-        return accumulate_store(store, a, b, split=split, precision=precision, device=device, block_rows=block_rows,
-                                progress=progress, kernel=True), []
-    parts = accumulate_folds(store, a, b, k=folds, split=split, precision=precision, device=device,
-                             progress=progress, kernel=True, block_rows=block_rows)
-    return Moments.merged(parts), parts
 
 
 def _finite(x: Any) -> Any:
@@ -123,57 +107,16 @@ def similarity_cmd(
 ) -> None:
     """Similarity of networks A and B on a split: CKA, CCA, SVCCA, PWCCA, shape metrics, R²; with --null K a z-score."""
     with cli_errors(), maybe_dask(dask) as client:
-        if null == 1:
-            raise LintwinError("--null needs at least 2 repetitions (for the null's sd), or 0 for none")
-        if folds == 1:
-            raise LintwinError("--folds must be 0 (no CV-ridge R²) or at least 2")
-        alphas = tuple(alpha) if alpha else (0.0, 0.5, 1.0)
-        for x in alphas:
-            if not 0.0 <= x <= 1.0:
-                raise LintwinError(f"--alpha must be in [0, 1], got {x}")
-        if not 0.0 < svcca_keep <= 1.0:
-            raise LintwinError(f"--svcca-keep must be in (0, 1], got {svcca_keep}")
         if out is not None and out.exists() and not out.is_dir():
             raise LintwinError(f"--out {out} is a file; give a directory for the JSON and the PNG")
         s = FeatureStore.open(store)
-        for name in (a, b):
-            s.features(split, name)
-        if s.rows(split) < 4:
-            raise LintwinError(f"split {split!r} has {s.rows(split)} rows; similarity needs at least 4")
-        dev = resolve_device(device.value)
-        t0 = time.perf_counter()
-        if client is not None:
-            from ..core.distributed import accumulate_dask
-
-            m = accumulate_dask(client, s, a, b, split=split, precision=precision.value, device=device.value,
-                                progress=not quiet)
-            parts: list[Moments] = []
-        else:
-            m, parts = accumulate_with_folds(s, a, b, split=split, folds=folds, precision=precision.value,
-                                             device=dev, block_rows=block_rows, progress=not quiet)
-        seconds = time.perf_counter() - t0
-        sim = similarity(m, svcca_keep=svcca_keep, alphas=alphas, folds=parts if folds >= 2 else None)
-        if client is not None:
-            sim.info["notes"].append("accumulated on Dask: no kernel sums (debiased CKA omitted) and no folds "
-                                     "(CV-ridge R² omitted)")
-        elif folds < 2:
-            sim.info["notes"].append("--folds 0: CV-ridge R² omitted")
-        sim.info["accumulate_seconds"] = seconds
-        null_summary = None
-        payload = sim.as_dict()
-        if null:
-            def measure(mm: Moments) -> dict[str, float | None]:
-                return similarity(mm, svcca_keep=svcca_keep, alphas=alphas).values
-
-            res = store_null(s, a, b, measure, split=split, repeats=null, seed=seed, precision=precision.value,
-                             kernel=client is None, block_rows=block_rows, device=dev, progress=not quiet)
-            null_summary = res.summary(sim.values)
-            payload["null"] = res.as_dict(sim.values)
-            payload["null"]["scheme"] = ("B read at a random cyclic row offset from A, rows shuffled within each "
-                                         "block; CV-ridge R² is not recomputed under the null")
+        res = pair_similarity(s, a, b, split=split, folds=folds, null=null, seed=seed, svcca_keep=svcca_keep,
+                              alphas=tuple(alpha) if alpha else DEFAULT_ALPHAS, precision=precision.value,
+                              device=device.value, block_rows=block_rows, dask_client=client, progress=not quiet)
+        sim, m = res.similarity, res.moments
         echo(f"{a} vs {b} on {split!r}: {sim.n} rows, dims {m.dim_a} + {m.dim_b}, {precision.value} moments "
-             f"({seconds:.1f} s)")
-        echo(_table(sim, null_summary))
+             f"({res.seconds:.1f} s)")
+        echo(_table(sim, res.null_summary()))
         info = sim.info
         dropped = {k: len(v) for k, v in info["constant_units"].items()}
         echo(f"constant units dropped: {dropped}; rank kept (rcond {info['rcond']:.1e}, scaled space): {info['rank']}; "
@@ -184,7 +127,7 @@ def similarity_cmd(
             typer.echo(f"Note: {note}", err=True)
         if out is not None:
             stem = f"similarity_{a}_{b}_{split}"
-            text = json.dumps(_finite(payload), indent=2, allow_nan=False)
+            text = json.dumps(_finite(res.as_dict()), indent=2, allow_nan=False)
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 path = atomic_write(out / f"{stem}.json", lambda fh: fh.write(text.encode()))

@@ -10,7 +10,10 @@ import typer
 from typer.core import TyperCommand
 
 from ..affine import AffineMap
+from ..core.params import parse_bytes, parse_ridge
 from ..errors import LintwinError
+from ..experiments.study import resolve_heads, run_study
+from ..experiments.study_report import study_text, write_study
 from ..networks.images import open_images
 from ..networks.onnx_models import NetworkSpec
 from ..solvers import AdamOptions
@@ -36,7 +39,6 @@ from ._common import (
     cli_errors,
     echo,
     maybe_dask,
-    parse_ridge,
 )
 
 _MULTI = ("--nets", "--heads")
@@ -96,8 +98,6 @@ def study(
     quiet: QuietOpt = False,
 ) -> None:
     """Map every ordered pair of N networks (one pass) and score all maps with every head (one more pass)."""
-    from ..experiments.study import parse_bytes, resolve_heads, run_study
-    from ..experiments.study_report import study_text, write_study
 
     with cli_errors(), maybe_dask(dask) as client:
         if stitch_pair is not None:

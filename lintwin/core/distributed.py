@@ -1,9 +1,10 @@
 """The moment accumulation on a Dask cluster: one task per large row range, merged in a tree.
 
-Each range task opens the store on its worker, streams its rows of both networks block by
-block into one :class:`Moments` (with CuPy when that worker has a GPU) and returns the
-moments as NumPy: one d×d matrix per range, not per chunk. Ranges are merged pairwise with
-:meth:`Moments.merge` in a binary tree; the solve then happens once, on the client.
+Each range task runs the ordinary pass driver (:func:`lintwin.core.driver.accumulate`) over its
+own rows (a block source that can be pickled, such as a store row range, read on the worker;
+with CuPy when that worker has a GPU) and returns the moments on the host: one d×d matrix per
+range, not per chunk. Ranges are merged pairwise with :meth:`Moments.merge` in a binary tree;
+the solve then happens once, on the client.
 
 Every task is a pure function of its inputs (merges build new arrays and never touch their
 arguments), so when a worker is lost Dask recomputes what it held and the answer is the same.
@@ -16,21 +17,23 @@ install ``lintwin[gpu]`` on every worker. The store's path must be readable by e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
-
-import numpy as np
+from typing import Any, Protocol
 
 from ..errors import LintwinError
-from ..storage.store import FeatureStore
-from .gpu import resolve_device, to_device
-from .moments import Moments, locate_nonfinite
+from .driver import BlockSource, accumulate
+from .moments import Moments, Precision, locate_nonfinite
+from .placement import placement
 from .xp import to_numpy
 
-__all__ = ["accumulate_dask", "dask_client", "parse_address", "range_futures", "reduce_futures", "row_ranges"]
+__all__ = ["accumulate_dask", "dask_client", "parse_address", "range_futures", "reduce_futures"]
 
-MomentTuple = tuple[int, np.ndarray, np.ndarray]
+
+class SplittableSource(BlockSource, Protocol):
+    """A block source that can be cut into picklable row ranges (e.g. :class:`~lintwin.storage.source.StoreSource`)."""
+
+    def split_ranges(self, parts: int) -> list[Any]: ...
 
 
 def parse_address(address: str) -> tuple[str, int | None]:
@@ -70,46 +73,35 @@ def dask_client(address: str, *, echo=print) -> Iterator[Any]:
         yield client
 
 
-def row_ranges(rows: int, chunk: int, parts: int) -> list[tuple[int, int]]:
-    """About ``parts`` contiguous, chunk-aligned row ranges covering ``rows``."""
-    chunks = -(-rows // chunk)
-    per = max(1, -(-chunks // max(parts, 1)))
-    return [(lo * chunk, min((lo + per) * chunk, rows)) for lo in range(0, chunks, per)]
+def _on_host(m: Moments) -> Moments:
+    """The same moments with NumPy arrays (what a worker sends back)."""
+    kernel = m.kernel
+    if kernel is not None and kernel.n:
+        kernel.totals = {k: to_numpy(v) for k, v in kernel.totals.items()}
+    return Moments.from_parts(m.dims, m.names, m.precision, m.n, to_numpy(m.mean) if m.n else None,
+                              to_numpy(m.comoment) if m.n else None, kernel=kernel)
 
 
-def _range_moments(path: str, split: str, src: str, dst: str, lo: int, hi: int, precision: str,
-                   device: str) -> MomentTuple:
-    """Runs on a worker: the moments of rows ``lo..hi`` of ``split``, on its GPU when it has one."""
-    dev = resolve_device(device)
-    store = FeatureStore.open(path)
-    dims = (int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"]))
-    m = Moments(dims[0], dims[1], (src, dst), precision)  # type: ignore[arg-type]
-    for _, (a, b) in store.iter_blocks(split, [src, dst], start=lo, stop=hi):
-        m.update(to_device(a, dev), to_device(b, dev))
-    return m.n, to_numpy(m.mean), to_numpy(m.comoment)
+def _range_moments(source: BlockSource, precision: Precision, device: str, kernel: bool) -> Moments:
+    """Runs on a worker: the moments of its row range, on its GPU when it has one (``device`` resolved there)."""
+    return _on_host(accumulate(source, placement=placement(device), precision=precision, kernel=kernel))
 
 
-def _merge(x: MomentTuple, y: MomentTuple) -> MomentTuple:
-    """Pure: the merge of two ranges' moments, as new arrays (the inputs are left as they were)."""
-    d = x[1].shape[0]
-    m = Moments.from_parts(d, 0, ("A", "B"), "float64", *x).merge(Moments.from_parts(d, 0, ("A", "B"), "float64", *y))
-    return m.n, m.mean, m.comoment
+def _merge(x: Moments, y: Moments) -> Moments:
+    """Pure: the merge of two ranges' moments, as a new accumulator (the inputs are left as they were)."""
+    return Moments.merged([x, y])
 
 
-def range_futures(client: Any, store: FeatureStore, src: str, dst: str, *, split: str = "train",
-                  precision: str = "float32", device: str = "auto", parts: int | None = None) -> list[Any]:
-    """Submit one moments task per row range (two per worker by default); returns their futures."""
-    chunk = int(store.info(split, src)["chunk_rows"])
+def range_futures(client: Any, source: SplittableSource, *, precision: Precision = "float32",
+                  device: str = "auto", parts: int | None = None, kernel: bool = False) -> list[Any]:
+    """Submit one moments task per row range of ``source`` (two per worker by default); returns their futures."""
     workers = max(1, len(client.scheduler_info().get("workers", {})))
-    ranges = row_ranges(store.rows(split), chunk, parts or 2 * workers)
-    path = str(store.path.resolve())
     # pure=False: a fresh key per call, so a store rewritten between calls is never answered from cache.
-    return [client.submit(_range_moments, path, split, src, dst, lo, hi, precision, device, pure=False)
-            for lo, hi in ranges]
+    return [client.submit(_range_moments, part, precision, device, kernel, pure=False)
+            for part in source.split_ranges(parts or 2 * workers)]
 
 
-def reduce_futures(client: Any, futures: Sequence[Any], dims: tuple[int, int], names: tuple[str, str],
-                   precision: str, progress: bool = True) -> Moments:
+def reduce_futures(client: Any, futures: Sequence[Any], progress: bool = True) -> Moments:
     """Merge range moments pairwise on the cluster (a binary tree), gather the root."""
     level = list(futures)
     while len(level) > 1:
@@ -121,18 +113,20 @@ def reduce_futures(client: Any, futures: Sequence[Any], dims: tuple[int, int], n
         from distributed import progress as dask_progress
 
         dask_progress(level[0])
-    m = Moments.from_parts(dims[0], dims[1], names, precision, *level[0].result())  # type: ignore[arg-type]
-    return m
+    return level[0].result()
 
 
-def accumulate_dask(client: Any, store: FeatureStore, src: str, dst: str, *, split: str = "train",
-                    precision: str = "float32", device: str = "auto", parts: int | None = None,
+def accumulate_dask(client: Any, source: SplittableSource, *, precision: Precision = "float32",
+                    device: str = "auto", parts: int | None = None, kernel: bool = False,
                     progress: bool = True) -> Moments:
-    """:func:`lintwin.accumulate_store` on a Dask cluster; the same moments to rounding."""
-    dims = (int(store.info(split, src)["dim"]), int(store.info(split, dst)["dim"]))
-    futures = range_futures(client, store, src, dst, split=split, precision=precision, device=device, parts=parts)
-    m = reduce_futures(client, futures, dims, (src, dst), precision, progress=progress)
+    """:func:`lintwin.core.driver.accumulate` on a Dask cluster; the same moments to rounding.
+
+    ``device`` is resolved on each worker (``auto``: its GPU when it has one). NaN/Inf are located
+    by a pass on the client, as in a local pass.
+    """
+    m = reduce_futures(client, range_futures(client, source, precision=precision, device=device, parts=parts,
+                                             kernel=kernel), progress=progress)
     if not m.is_finite():
-        locate_nonfinite(store.iter_blocks(split, [src, dst]), (src, dst))
+        locate_nonfinite(source.blocks(), source.names)
         m.check_finite()
     return m

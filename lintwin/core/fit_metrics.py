@@ -9,12 +9,14 @@ of the two rows is zero and 0 when both are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import NonFiniteError
 from .xp import namespace
 
-__all__ = ["FitMetrics", "paper_loss", "paper_loss_rows", "row_cosine"]
+__all__ = ["FitMetrics", "MapMetricsSink", "paper_loss", "paper_loss_rows", "row_cosine"]
 
 
 def _unit_rows(x: Any, xp: Any) -> tuple[Any, Any]:
@@ -118,3 +120,27 @@ class FitMetrics:
             "r2_best_scale": r2_scaled,
             "r2_kind": "best scale" if scale_free else "plain",
         }
+
+
+class MapMetricsSink:
+    """Feature metrics of maps in one pass: ``maps[k]`` applied to its source block, scored against its target.
+
+    ``index`` gives each network's block position in the source; maps are any objects with ``src``,
+    ``dst`` and ``apply`` (:class:`~lintwin.affine.AffineMap`).
+    """
+
+    def __init__(self, maps: Sequence[Any], index: dict[str, int]):
+        self.maps, self.index = list(maps), index
+        self.metrics = [FitMetrics() for _ in self.maps]
+
+    def update(self, lo: int, blocks: Sequence[Any]) -> None:
+        for mp, acc in zip(self.maps, self.metrics):
+            acc.update(mp.apply(blocks[self.index[mp.src]]), blocks[self.index[mp.dst]])
+
+    def is_finite(self) -> bool:
+        return all(acc.is_finite() for acc in self.metrics)
+
+    def check_finite(self) -> None:
+        if not self.is_finite():
+            raise NonFiniteError("NaN or Inf reached the feature metrics of " + ", ".join(
+                f"{mp.src}→{mp.dst}" for mp in self.maps))

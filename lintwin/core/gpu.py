@@ -1,16 +1,12 @@
-"""CuPy-only code, kept here: whether a GPU can be used (and why not), and moving host blocks onto it."""
+"""CuPy-only code, kept here: whether a GPU can be used (and why not), and CuPy arrays on a chosen GPU."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ..errors import LintwinError
-
-Device = Literal["auto", "cpu", "gpu"]
-
-__all__ = ["Device", "device_note", "gpu_available", "gpu_status", "resolve_device", "to_device"]
+__all__ = ["gpu_available", "gpu_count", "gpu_status", "put_on_gpu"]
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -35,30 +31,25 @@ def gpu_available() -> bool:
     return gpu_status()[0]
 
 
-def resolve_device(device: str) -> str:
-    """Turn ``"auto"`` into ``"gpu"`` or ``"cpu"``; refuse ``"gpu"`` when there is none, saying why."""
-    if device not in ("auto", "cpu", "gpu"):
-        raise LintwinError(f"device must be auto, cpu or gpu, got {device!r}")
-    if device == "cpu":
-        return device
-    usable, why = gpu_status()
-    if device == "gpu" and not usable:
-        raise LintwinError(f"--device gpu cannot be used: {why}; install lintwin[gpu] or use --device cpu")
-    return "gpu" if usable else "cpu"
+def gpu_count() -> int:
+    """Number of CUDA devices CuPy sees (0 when it cannot be used)."""
+    if not gpu_available():
+        return 0
+    import cupy
+
+    return int(cupy.cuda.runtime.getDeviceCount())
 
 
-def device_note(requested: str) -> str:
-    """One phrase for reports: the device used and, under ``auto`` without a GPU, why the CPU."""
-    used = resolve_device(requested)
-    if requested == "auto" and used == "cpu":
-        return f"cpu (auto: {gpu_status()[1]})"
-    return used
+def cupy_device(index: int) -> Any:
+    """The ``cupy.cuda.Device`` of GPU ``index``."""
+    import cupy
+
+    return cupy.cuda.Device(index)
 
 
-def to_device(a: np.ndarray, device: str) -> Any:
-    """Return ``a`` on the resolved ``device`` (a CuPy array for ``"gpu"``)."""
-    if device == "gpu":
-        import cupy
+def put_on_gpu(a: np.ndarray, index: int) -> Any:
+    """Copy a host array onto GPU ``index``."""
+    import cupy
 
+    with cupy.cuda.Device(index):
         return cupy.asarray(a)
-    return a

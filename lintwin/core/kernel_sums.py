@@ -1,87 +1,121 @@
-"""Running sums of squared row norms that the unbiased (debiased) HSIC estimator needs.
+"""Row-norm sums of k feature blocks: what debiased (unbiased-HSIC) CKA needs beyond the moments.
 
-Linear CKA from moments only needs the co-moments; the unbiased HSIC estimator of Song et al.
-(2012), on which debiased CKA rests, also needs the diagonal of the kernel matrices K = A A^T and
-L = B B^T, i.e. per-row squared norms. With r_i = ||a_i||² and q_i = ||b_i||², every term of the
-estimator reduces to the uncentred cross-moments (from :class:`lintwin.moments.Moments`) and to the
-sums kept here: Σr, Σq, Σr², Σq², Σrq, Σ r_i a_i, Σ q_i b_i, Σ r_i b_i, Σ q_i a_i. They are plain
-sums over rows, so shards merge by addition. Everything is accumulated in float64.
+For rows z = [f_1, ..., f_k] with squared row norms r_b = ‖f_b‖² of each block b, three sums
+over the rows hold everything: ``Σ r_b`` (k), ``Σ r_b r_c`` (k × k) and ``Σ r_b z`` (k × Σd).
+Any pair of blocks reads its sums from these (:meth:`KernelSums.select`, :attr:`KernelSums.sums`), so one pass over many
+networks or layers serves debiased CKA of every pair. Sums are float64 on the blocks' device and
+merge across shards by addition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .xp import from_numpy, namespace, to_numpy
+from .xp import device, from_numpy, namespace, to_numpy
 
 __all__ = ["KernelSums"]
 
-_SCALARS = ("r", "q", "rr", "qq", "rq")
-_VECTORS = ("ra", "qb", "rb", "qa")  # Σ r_i a_i (d_a), Σ q_i b_i (d_b), Σ r_i b_i (d_b), Σ q_i a_i (d_a)
+_KEYS = ("r", "rr", "rz")
 
 
 @dataclass
 class KernelSums:
-    """Σ over rows of r = ||a||², q = ||b||², r², q², r q (scalars) and r a, q b, r b, q a (vectors)."""
+    """``Σ r`` (k), ``Σ r rᵀ`` (k × k) and ``Σ r zᵀ`` (k × Σd) over the rows of k blocks of ``dims``.
 
-    dim_a: int
-    dim_b: int
+    ``totals`` holds those three arrays; for two blocks, :attr:`sums` names the pair's sums.
+    """
+
+    dims: tuple[int, ...]
     n: int = 0
-    sums: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)
 
-    def update(self, a: Any, b: Any) -> "KernelSums":
-        """Add a chunk of paired rows (any namespace; float64 sums on the chunk's device)."""
-        xp = namespace(a, b)
-        a64, b64 = xp.astype(a, xp.float64), xp.astype(b, xp.float64)
-        r, q = xp.sum(a64 * a64, axis=1), xp.sum(b64 * b64, axis=1)
-        part = {
-            "r": xp.sum(r), "q": xp.sum(q), "rr": xp.sum(r * r), "qq": xp.sum(q * q), "rq": xp.sum(r * q),
-            "ra": r @ a64, "qb": q @ b64, "rb": r @ b64, "qa": q @ a64,
-        }
-        if self.n and namespace(self.sums["ra"]) is not xp:  # e.g. loaded from disk, continued on a device
-            self.sums = {k: from_numpy(np.asarray(to_numpy(v)), a) for k, v in self.sums.items()}
-        self._add(int(a.shape[0]), part)
+    def __post_init__(self) -> None:
+        self.dims = tuple(int(d) for d in self.dims)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in np.cumsum((0,) + self.dims[:-1]))
+
+    def update(self, *blocks: Any) -> KernelSums:
+        """Add a chunk of paired rows, one array per block (any namespace; float64 sums on its device)."""
+        xp = namespace(*blocks)
+        parts = [xp.astype(x, xp.float64) for x in blocks]
+        r = xp.stack([xp.sum(x * x, axis=1) for x in parts], axis=1)
+        rz = xp.concat([xp.matrix_transpose(r) @ x for x in parts], axis=1)
+        return self._add_chunk(int(blocks[0].shape[0]), r, rz, blocks[0])
+
+    def update_joined(self, z: Any) -> KernelSums:
+        """Add a chunk of rows given joined (rows × Σd, blocks side by side; any namespace)."""
+        xp = namespace(z)
+        z64 = xp.astype(z, xp.float64)
+        sq = z64 * z64
+        r = xp.stack([xp.sum(sq[:, o : o + d], axis=1) for o, d in zip(self.offsets, self.dims)], axis=1)
+        return self._add_chunk(int(z.shape[0]), r, xp.matrix_transpose(r) @ z64, z)
+
+    def _add_chunk(self, rows: int, r: Any, rz: Any, like: Any) -> KernelSums:
+        xp = namespace(r)
+        if self.n and namespace(self.totals["rz"]) is not xp:  # e.g. loaded from disk, continued on a device
+            self.totals = {k: from_numpy(to_numpy(v), like) for k, v in self.totals.items()}
+        self._add(rows, {"r": xp.sum(r, axis=0), "rr": xp.matrix_transpose(r) @ r, "rz": rz})
         return self
 
-    def merge(self, other: "KernelSums") -> "KernelSums":
+    def merge(self, other: KernelSums) -> KernelSums:
         """Fold another shard's sums into these (moved to this namespace when they differ)."""
-        if (other.dim_a, other.dim_b) != (self.dim_a, self.dim_b):
-            raise ValueError(f"kernel sums of dims {other.dim_a}+{other.dim_b} into {self.dim_a}+{self.dim_b}")
+        if other.dims != self.dims:
+            raise ValueError(f"kernel sums of dims {other.dims} into {self.dims}")
         if other.n == 0:
             return self
-        part = other.sums
-        if self.n and namespace(self.sums["ra"]) is not namespace(part["ra"]):
-            part = {k: from_numpy(to_numpy(v), self.sums["ra"]) for k, v in part.items()}
+        part = other.totals
+        if self.n and namespace(self.totals["rz"]) is not namespace(part["rz"]):
+            part = {k: from_numpy(to_numpy(v), self.totals["rz"]) for k, v in part.items()}
         self._add(other.n, part)
         return self
 
-    def swapped(self) -> "KernelSums":
-        """The same sums with the roles of a and b exchanged."""
-        s = self.sums
-        names = {"r": "q", "q": "r", "rr": "qq", "qq": "rr", "rq": "rq", "ra": "qb", "qb": "ra", "rb": "qa", "qa": "rb"}
-        return KernelSums(self.dim_b, self.dim_a, self.n, {names[k]: v for k, v in s.items()})
-
     def _add(self, n: int, part: dict[str, Any]) -> None:
-        if self.n == 0:
-            self.sums = dict(part)
-        else:
-            self.sums = {k: self.sums[k] + part[k] for k in self.sums}
+        self.totals = dict(part) if self.n == 0 else {k: self.totals[k] + part[k] for k in _KEYS}
         self.n += n
+
+    def select(self, blocks: Sequence[int]) -> KernelSums:
+        """The sums of the chosen blocks, in the given order (a new object)."""
+        dims = tuple(self.dims[b] for b in blocks)
+        if self.n == 0:
+            return KernelSums(dims)
+        xp = namespace(self.totals["rz"])
+        cols = np.concatenate([np.arange(self.offsets[b], self.offsets[b] + self.dims[b]) for b in blocks])
+        rows = xp.asarray(np.asarray(blocks), device=device(self.totals["rz"]))
+        cols = xp.asarray(cols, device=device(self.totals["rz"]))
+        rr = xp.take(xp.take(self.totals["rr"], rows, axis=0), rows, axis=1)
+        rz = xp.take(xp.take(self.totals["rz"], rows, axis=0), cols, axis=1)
+        return KernelSums(dims, self.n, {"r": xp.take(self.totals["r"], rows), "rr": rr, "rz": rz})
+
+    @property
+    def sums(self) -> dict[str, Any]:
+        """For two blocks a, b (r = ‖a‖², q = ‖b‖²): Σr, Σq, Σr², Σq², Σrq and Σ r a, Σ q b, Σ r b, Σ q a."""
+        if len(self.dims) != 2:
+            raise ValueError(f"named pair sums need two blocks, these have {len(self.dims)}; select a pair first")
+        s, da = self.totals, self.dims[0]
+        return {"r": s["r"][0], "q": s["r"][1], "rr": s["rr"][0, 0], "qq": s["rr"][1, 1], "rq": s["rr"][0, 1],
+                "ra": s["rz"][0, :da], "qb": s["rz"][1, da:], "rb": s["rz"][0, da:], "qa": s["rz"][1, :da]}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """NumPy arrays for saving (keys ``kernel_<name>``, plus ``kernel_n``)."""
+        k, total = len(self.dims), sum(self.dims)
+        empty = {"r": np.zeros(k), "rr": np.zeros((k, k)), "rz": np.zeros((k, total))}
         out = {"kernel_n": np.asarray(self.n, dtype=np.int64)}
-        for k in _SCALARS + _VECTORS:
-            default = np.zeros(self.dim_a if k in ("ra", "qa") else self.dim_b) if k in _VECTORS else np.float64(0)
-            out[f"kernel_{k}"] = np.asarray(to_numpy(self.sums[k]) if self.n else default, dtype=np.float64)
+        for key in _KEYS:
+            out[f"kernel_{key}"] = np.asarray(to_numpy(self.totals[key]) if self.n else empty[key], dtype=np.float64)
         return out
 
     @classmethod
-    def from_arrays(cls, dim_a: int, dim_b: int, arrays: Any) -> "KernelSums":
+    def from_arrays(cls, dims: Sequence[int], arrays: Any) -> KernelSums:
         """Inverse of :meth:`to_arrays` (``arrays`` is a mapping such as an open ``.npz``)."""
         n = int(arrays["kernel_n"])
-        sums = {k: np.asarray(arrays[f"kernel_{k}"], dtype=np.float64) for k in _SCALARS + _VECTORS} if n else {}
-        return cls(dim_a, dim_b, n, sums)
+        out = cls(tuple(dims), n, {k: np.asarray(arrays[f"kernel_{k}"], dtype=np.float64) for k in _KEYS} if n else {})
+        k, total = len(out.dims), sum(out.dims)
+        if n and (out.totals["r"].shape != (k,) or out.totals["rr"].shape != (k, k) or out.totals["rz"].shape != (k, total)):
+            raise ValueError("kernel sums disagree with the dimensions")
+        return out

@@ -1,11 +1,13 @@
-"""Streaming joint moments of two feature sets: the only pass the closed-form solver needs.
+"""Streaming joint moments of k feature blocks: the only pass the closed-form solvers and measures need.
 
-For rows z = [a, b] the accumulator keeps the row count, the float64 mean of z and the
-float64 centred co-moment matrix ``C = sum_i (z_i - mean)(z_i - mean)^T``. Each chunk is
-shifted by its own (float32-rounded) mean before the big product, so a float32 GEMM/SYRK
-sees small, centred numbers and its result is corrected exactly in float64; chunks are
-combined with the pairwise (Chan et al.) update, which is also how :meth:`Moments.merge`
-joins the accumulators of shards or workers.
+For rows z = [f_1, ..., f_k] (two networks' features, or many networks' or layers') the
+accumulator keeps the row count, the float64 mean of z and the float64 centred co-moment matrix
+``C = Σ_i (z_i − mean)(z_i − mean)ᵀ``. Each chunk is shifted by its own (float32-rounded) mean
+before the big product, so a float32 GEMM/SYRK sees small, centred numbers and its result is
+corrected exactly in float64; chunks are combined with the pairwise (Chan et al.) update, which
+is also how :meth:`Moments.merge` joins the accumulators of folds, shards or workers. A pair of
+networks is the case k = 2; the moments of any pair of blocks are sub-blocks (:meth:`Moments.pair`),
+exactly what a pass over that pair alone would have summed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,10 @@ from .kernel_sums import KernelSums
 from .xp import device, from_numpy, namespace, to_numpy
 
 Precision = Literal["float32", "float64"]
-_FORMAT = "lintwin.moments/1"
+PRECISIONS = ("float32", "float64")
+_FORMAT = "lintwin.moments/2"
 
-__all__ = ["Moments", "check_finite", "check_pair", "locate_nonfinite"]
+__all__ = ["PRECISIONS", "Moments", "check_finite", "check_pair", "locate_nonfinite"]
 
 
 def check_pair(a: Any, b: Any, names: tuple[str, str] = ("A", "B")) -> None:
@@ -68,76 +70,126 @@ def locate_nonfinite(blocks: Iterable[tuple[int, Sequence[Any]]], names: Sequenc
             check_finite(x, name, lo)
 
 
-@dataclass
+def _default_names(k: int) -> tuple[str, ...]:
+    return tuple(chr(ord("A") + i) if i < 26 else f"block{i}" for i in range(k))
+
+
 class Moments:
-    """Joint first and second moments of paired features ``a`` (dim_a) and ``b`` (dim_b).
+    """Joint first and second moments of k paired feature blocks of widths ``dims``.
 
-    ``precision="float32"`` multiplies shifted float32 blocks and sums in float64;
-    ``"float64"`` does every product in float64. The arrays live in the namespace and on
-    the device of the first chunk (NumPy, CuPy, ...). ``kernel=True`` also keeps the
-    row-norm sums of :class:`~lintwin.kernel_sums.KernelSums` (for debiased CKA).
+    ``Moments(512, 384)`` is a pair of networks A and B; ``Moments(*dims, names=nets)`` any
+    number. ``precision="float32"`` multiplies shifted float32 blocks and sums in float64;
+    ``"float64"`` does every product in float64. The arrays live in the namespace and on the
+    device of the first chunk (NumPy, CuPy, ...). ``kernel=True`` also keeps the row-norm sums
+    of :class:`~lintwin.core.kernel_sums.KernelSums` (for debiased CKA).
 
-    NaN/Inf are not looked for chunk by chunk (that would sync the device every chunk):
-    they propagate into the column sums, and :meth:`check_finite` (called by :meth:`blocks`)
-    refuses them once, at the end.
+    NaN/Inf are not looked for chunk by chunk (that would sync the device every chunk): they
+    propagate into the column sums, and :meth:`check_finite` refuses them once, at the end.
     """
 
-    dim_a: int
-    dim_b: int
-    names: tuple[str, str] = ("A", "B")
-    precision: Precision = "float32"
-    n: int = 0
-    mean: Any = None
-    comoment: Any = None
-    kernel: KernelSums | None = None
-    _xp: Any = field(default=None, repr=False)
-    _owned: bool = field(default=False, repr=False)  # True when ``comoment`` may be updated in place
+    def __init__(self, *dims: int, names: Sequence[str] | None = None, precision: Precision = "float32",
+                 kernel: bool | KernelSums | None = False):
+        if precision not in PRECISIONS:
+            raise LintwinError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        if not dims or any(int(d) < 0 for d in dims):
+            raise ShapeError(f"moments need at least one block of width >= 0, got dims {dims}")
+        self.dims = tuple(int(d) for d in dims)
+        self.names = tuple(names) if names is not None else _default_names(len(self.dims))
+        if len(self.names) != len(self.dims) or len(set(self.names)) != len(self.names):
+            raise LintwinError(f"need one distinct name per block; got {list(self.names)} for {len(self.dims)} blocks")
+        self.precision = precision
+        self.n, self.mean, self.comoment = 0, None, None
+        self._owned = False  # True when ``comoment`` may be updated in place
+        self.kernel = KernelSums(self.dims) if kernel is True else (kernel or None)
+        self.saved_extra: dict[str, Any] = {}  # what :meth:`save` was given as ``extra``, after :meth:`load`
 
-    def __post_init__(self) -> None:
-        if self.precision not in ("float32", "float64"):
-            raise LintwinError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
-        self.names = tuple(self.names)  # type: ignore[assignment]
-        if self.kernel is True:  # type: ignore[comparison-overlap]
-            self.kernel = KernelSums(self.dim_a, self.dim_b)
-        elif self.kernel is False:  # type: ignore[comparison-overlap]
-            self.kernel = None
+    def __repr__(self) -> str:
+        blocks = ", ".join(f"{n}: {d}" for n, d in zip(self.names, self.dims))
+        return f"Moments({blocks}; n={self.n}, {self.precision}{', kernel sums' if self.kernel else ''})"
 
     @classmethod
-    def from_parts(cls, dim_a: int, dim_b: int, names: tuple[str, str], precision: Precision, n: int,
-                   mean: Any, comoment: Any, kernel: KernelSums | None = None) -> "Moments":
+    def from_parts(cls, dims: Sequence[int], names: Sequence[str], precision: Precision, n: int, mean: Any,
+                   comoment: Any, kernel: KernelSums | None = None) -> Moments:
         """An accumulator holding already-computed moments (``n`` rows, float64 mean and co-moment)."""
-        m = cls(dim_a, dim_b, names, precision, kernel=kernel)
+        m = cls(*dims, names=names, precision=precision, kernel=kernel)
         if n:
-            m.n, m.mean, m.comoment, m._xp = int(n), mean, comoment, namespace(mean)
+            m.n, m.mean, m.comoment = int(n), mean, comoment
         return m
 
+    # -- shape ------------------------------------------------------------------------
     @property
     def dim(self) -> int:
-        return self.dim_a + self.dim_b
+        return sum(self.dims)
 
-    # -- accumulation ---------------------------------------------------------------
-    def update(self, a: Any, b: Any) -> "Moments":
-        """Add a chunk of paired rows (no device sync: NaN/Inf are caught by :meth:`check_finite`)."""
-        check_pair(a, b, self.names)
-        for x, d, name in ((a, self.dim_a, self.names[0]), (b, self.dim_b, self.names[1])):
+    @property
+    def dim_a(self) -> int:
+        return self.dims[0]
+
+    @property
+    def dim_b(self) -> int:
+        return self.dims[1]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in np.cumsum((0,) + self.dims[:-1]))
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise LintwinError(f"network {name!r} is not among the accumulated ones ({', '.join(self.names)})")
+        return self.names.index(name)
+
+    # -- accumulation -----------------------------------------------------------------
+    def update(self, *blocks: Any) -> Moments:
+        """Add a chunk of paired rows, one array per block (no device sync: see :meth:`check_finite`)."""
+        if len(blocks) != len(self.dims):
+            raise ShapeError(f"expected {len(self.dims)} feature blocks ({', '.join(self.names)}), got {len(blocks)}")
+        if len(blocks) == 2:
+            check_pair(blocks[0], blocks[1], self.names)  # type: ignore[arg-type]
+        for x, d, name in zip(blocks, self.dims, self.names):
+            if x.ndim != 2:
+                raise ShapeError(f"features of {name} must be 2-D (rows x dim), got shape {tuple(x.shape)}")
             if x.shape[1] != d:
                 raise ShapeError(f"features of {name} have {x.shape[1]} columns, expected {d}")
-        if a.shape[0] == 0:
+        rows = {int(x.shape[0]) for x in blocks}
+        if len(rows) > 1:
+            raise ShapeError(f"feature blocks of {', '.join(self.names)} have different row counts {sorted(rows)}")
+        if rows.pop() == 0:
             return self
-        xp = namespace(a, b)
-        if self._xp is not None and self._xp is not xp:
-            self._move_like(a)  # e.g. loaded from disk (NumPy), continued with CuPy chunks
-        n_c, mean_c, gram, e = _chunk_moments(a, b, self.precision, xp)
-        self._combine(n_c, mean_c, gram, xp, shift_error=e)
+        xp = namespace(*blocks)
+        work = xp.float32 if self.precision == "float32" else xp.float64
+        z = xp.empty((int(blocks[0].shape[0]), self.dim), dtype=work, device=device(blocks[0]))
+        for x, o, d in zip(blocks, self.offsets, self.dims):
+            z[:, o : o + d] = x if x.dtype == work else xp.astype(x, work)
         if self.kernel is not None:
-            self.kernel.update(a, b)
+            self.kernel.update(*blocks)  # from the blocks as given (float64 inputs stay float64)
+        return self._add_joined(z, own=True)
+
+    def update_joined(self, z: Any, *, own: bool = False) -> Moments:
+        """Add a chunk given joined (rows × Σd, the blocks side by side in order).
+
+        ``own=True`` lets the accumulator shift ``z`` in place (a work buffer nobody else reads).
+        """
+        if z.ndim != 2 or int(z.shape[1]) != self.dim:
+            raise ShapeError(f"a joined chunk must be rows x {self.dim}, got shape {tuple(z.shape)}")
+        if int(z.shape[0]) and self.kernel is not None:
+            self.kernel.update_joined(z)
+        return self._add_joined(z, own=own)
+
+    def _add_joined(self, z: Any, *, own: bool) -> Moments:
+        if int(z.shape[0]) == 0:
+            return self
+        xp = namespace(z)
+        if self.n and namespace(self.mean) is not xp:
+            self._move_like(z)  # e.g. loaded from disk (NumPy), continued with CuPy chunks
+        n_c, mean_c, gram, e = _chunk_moments(z, self.precision, xp, own)
+        self._combine(n_c, mean_c, gram, xp, shift_error=e)
         return self
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Fold another accumulator (another shard, fold or worker) into this one.
 
-        Shards must be of the same pair of networks; a shard accumulated with the two
-        networks swapped is reoriented, anything else is refused. ``other`` is not changed.
+        Shards must hold the same blocks; one accumulated with the blocks in another order is
+        reordered, anything else is refused. ``other`` is not changed.
         """
         other = self._aligned(other)
         if (self.kernel is None) != (other.kernel is None) and other.n and self.n:
@@ -147,46 +199,34 @@ class Moments:
         if other.precision == "float32":
             self.precision = "float32"  # the merged moments are only as precise as their coarsest part
         mean, com = other.mean, other.comoment
-        if self._xp is not None and namespace(mean) is not self._xp:
+        if self.n and namespace(mean) is not namespace(self.mean):
             mean, com = from_numpy(to_numpy(mean), self.mean), from_numpy(to_numpy(com), self.mean)
         if self.n == 0 and other.kernel is not None and self.kernel is None:
-            self.kernel = KernelSums(self.dim_a, self.dim_b)
+            self.kernel = KernelSums(self.dims)
         self._combine(other.n, mean, com, namespace(mean))
         if self.kernel is not None and other.kernel is not None:
             self.kernel.merge(other.kernel)
         return self
 
-    def _aligned(self, other: "Moments") -> "Moments":
-        """``other`` in this accumulator's orientation, or a refusal."""
-        if tuple(other.names) == tuple(self.names) and (other.dim_a, other.dim_b) == (self.dim_a, self.dim_b):
+    def _aligned(self, other: Moments) -> Moments:
+        """``other`` in this accumulator's block order, or a refusal."""
+        if other.names == self.names and other.dims == self.dims:
             return other
-        if tuple(other.names) == tuple(self.names[::-1]) and self.names[0] != self.names[1] \
-                and (other.dim_b, other.dim_a) == (self.dim_a, self.dim_b):
-            return other.swapped()
-        if (other.dim_a, other.dim_b) != (self.dim_a, self.dim_b):
-            raise ShapeError(f"cannot merge moments of dims {other.dim_a}+{other.dim_b} into {self.dim_a}+{self.dim_b}")
-        raise ShapeError(f"cannot merge moments of {other.names[0]}+{other.names[1]} into "
-                         f"{self.names[0]}+{self.names[1]}: they are of other networks")
-
-    def swapped(self) -> "Moments":
-        """The same moments with the roles of a and b exchanged (a new accumulator)."""
-        out = Moments(self.dim_b, self.dim_a, (self.names[1], self.names[0]), self.precision)
-        if self.n:
-            xp = namespace(self.mean)
-            da = self.dim_a
-            mean = xp.concat([self.mean[da:], self.mean[:da]])
-            C = self.comoment
-            top = xp.concat([C[da:, da:], C[da:, :da]], axis=1)
-            bottom = xp.concat([C[:da, da:], C[:da, :da]], axis=1)
-            out.n, out.mean, out.comoment, out._xp = self.n, mean, xp.concat([top, bottom], axis=0), xp
-        out.kernel = self.kernel.swapped() if self.kernel is not None else None
-        return out
+        if sorted(other.names) == sorted(self.names):
+            order = [other.names.index(n) for n in self.names]
+            if tuple(other.dims[i] for i in order) == self.dims:
+                return other.select([other.names[i] for i in order])
+        if sorted(other.dims) != sorted(self.dims):
+            raise ShapeError(f"cannot merge moments of dims {'+'.join(map(str, other.dims))} into "
+                             f"{'+'.join(map(str, self.dims))}")
+        raise ShapeError(f"cannot merge moments of {'+'.join(other.names)} into {'+'.join(self.names)}: "
+                         "they are of other networks")
 
     def _move_like(self, like: Any) -> None:
         """Move the running state into the namespace and onto the device of ``like``."""
         self.mean = from_numpy(to_numpy(self.mean), like)
         self.comoment = from_numpy(to_numpy(self.comoment), like)
-        self._xp, self._owned = namespace(like), True
+        self._owned = True
 
     def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any, shift_error: Any = None) -> None:
         """Pairwise (Chan et al.) update into a new co-moment array (inputs are never modified).
@@ -196,7 +236,7 @@ class Moments:
         rank-one term, as one rank-two update.
         """
         if self.n == 0:
-            self.n, self.mean, self._xp = n_c, mean_c, xp
+            self.n, self.mean = n_c, mean_c
             com = xp.astype(com_c, xp.float64, copy=True)
             if shift_error is not None:
                 e = shift_error
@@ -220,7 +260,36 @@ class Moments:
             self.comoment += left @ right
         self.n, self._owned = n, True
 
-    # -- checks and views -----------------------------------------------------------
+    # -- views ------------------------------------------------------------------------
+    def select(self, names: Sequence[str]) -> Moments:
+        """The moments of the named blocks, in the given order (a new accumulator sharing nothing)."""
+        idx = [self.index(n) for n in names]
+        out = Moments(*(self.dims[i] for i in idx), names=list(names), precision=self.precision)
+        if self.kernel is not None:
+            out.kernel = self.kernel.select(idx)
+        if self.n:
+            xp = namespace(self.mean)
+            offs = self.offsets
+            cols = np.concatenate([np.arange(offs[i], offs[i] + self.dims[i]) for i in idx])
+            take = xp.asarray(cols, device=device(self.mean))
+            out.n, out.mean = self.n, xp.take(self.mean, take, axis=0)
+            out.comoment = xp.take(xp.take(self.comoment, take, axis=0), take, axis=1)
+            out._owned = True
+        return out
+
+    def pair(self, a: str, b: str) -> Moments:
+        """The two-block moments of (a, b), as one pass over those two blocks alone would give them."""
+        if a == b:
+            raise LintwinError(f"a pair needs two different networks, got {a!r} twice")
+        if self.n == 0:
+            raise LintwinError("no rows were accumulated: the training split is empty")
+        return self.select([a, b])
+
+    def swapped(self) -> Moments:
+        """The moments of a pair with the roles of a and b exchanged (a new accumulator)."""
+        return self.select(self.names[::-1])
+
+    # -- checks -----------------------------------------------------------------------
     def is_finite(self) -> bool:
         """True when no NaN/Inf reached the moments (one device sync)."""
         if self.n == 0:
@@ -233,26 +302,24 @@ class Moments:
         if self.is_finite():
             return
         xp = namespace(self.mean)
+        which = " or ".join(self.names)
         if bool(xp.all(xp.isfinite(self.mean))):
             raise NonFiniteError(
-                f"features of {self.names[0]}/{self.names[1]} are too large for {self.precision} products "
+                f"features of {'/'.join(self.names)} are too large for {self.precision} products "
                 "(their squares overflow); use --precision float64 or rescale the features")
-        raise NonFiniteError(f"NaN or Inf in features of {self.names[0]} or {self.names[1]}")
+        raise NonFiniteError(f"NaN or Inf in features of {which}")
 
     def blocks(self) -> dict[str, Any]:
-        """Means and co-moment blocks: mean_a, mean_b, aa, ab, bb (float64 sums, not averages)."""
+        """A pair's means and co-moment blocks: mean_a, mean_b, aa, ab, bb (float64 sums, not averages)."""
+        if len(self.dims) != 2:
+            raise LintwinError(f"blocks() is for a pair; these moments hold {len(self.dims)} blocks: select a pair")
         if self.n == 0:
             raise LintwinError("no rows were accumulated: the training split is empty")
         self.check_finite()
         da = self.dim_a
         C = self.comoment
-        return {
-            "mean_a": self.mean[:da],
-            "mean_b": self.mean[da:],
-            "aa": C[:da, :da],
-            "ab": C[:da, da:],
-            "bb": C[da:, da:],
-        }
+        return {"mean_a": self.mean[:da], "mean_b": self.mean[da:], "aa": C[:da, :da], "ab": C[:da, da:],
+                "bb": C[da:, da:]}
 
     def oriented(self, reverse: bool = False) -> tuple[Any, Any, Any, Any, Any]:
         """``(Sxx, Sxy, Syy, mean_x, mean_y)`` for the map a→b, or b→a with ``reverse``."""
@@ -262,71 +329,65 @@ class Moments:
             return blk["bb"], xp.matrix_transpose(blk["ab"]), blk["aa"], blk["mean_b"], blk["mean_a"]
         return blk["aa"], blk["ab"], blk["bb"], blk["mean_a"], blk["mean_b"]
 
-    # -- persistence ----------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.npz`` (no pickle): arrays plus a JSON header, atomically (temporary file, rename)."""
-        path = Path(path)
-        meta = {
-            "format": _FORMAT,
-            "dim_a": self.dim_a,
-            "dim_b": self.dim_b,
-            "names": list(self.names),
-            "precision": self.precision,
-            "n": self.n,
-            "kernel": self.kernel is not None,
-        }
+    # -- persistence ------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write to ``.npz`` (no pickle): arrays plus a JSON header (``extra`` goes into it), atomically."""
+        meta = {"format": _FORMAT, "dims": list(self.dims), "names": list(self.names), "precision": self.precision,
+                "n": self.n, "kernel": self.kernel is not None, "extra": extra or {}}
         d = self.dim
         arrays = {"meta": np.array(json.dumps(meta)),
                   "mean": to_numpy(self.mean) if self.n else np.zeros(d),
                   "comoment": to_numpy(self.comoment) if self.n else np.zeros((d, d))}
         if self.kernel is not None:
             arrays |= self.kernel.to_arrays()
-        atomic_write(path, lambda fh: np.savez(fh, **arrays))
-        return path
+        return atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Moments":
-        """Read moments written by :meth:`save` (refuses other or damaged files)."""
+    def load(cls, path: str | Path) -> Moments:
+        """Read moments written by :meth:`save` (refuses other or damaged files); ``extra`` in :attr:`saved_extra`."""
         try:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
+                if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                    raise LintwinError(f"{path}: not a lintwin moments file (format "
+                                       f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+                dims = [int(d) for d in meta["dims"]]
                 mean, com = z["mean"], z["comoment"]
-                kernel = KernelSums.from_arrays(meta["dim_a"], meta["dim_b"], z) if meta.get("kernel") else None
-                m = cls.from_parts(int(meta["dim_a"]), int(meta["dim_b"]), tuple(meta["names"]), meta["precision"],
-                                   int(meta["n"]), mean, com, kernel=kernel)
+                kernel = KernelSums.from_arrays(dims, z) if meta.get("kernel") else None
+                m = cls.from_parts(dims, tuple(meta["names"]), meta["precision"], int(meta["n"]), mean, com,
+                                   kernel=kernel)
+        except LintwinError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
             raise LintwinError(f"{path}: not a readable lintwin moments file ({type(exc).__name__}: {exc})") from None
-        if meta.get("format") != _FORMAT:
-            raise LintwinError(f"{path}: not a lintwin moments file (format {meta.get('format')!r})")
         d = m.dim
         if m.n and (mean.shape != (d,) or com.shape != (d, d)):
             raise LintwinError(f"{path}: arrays disagree with the header's dimensions")
+        m.saved_extra = meta.get("extra") or {}
         return m
 
     @classmethod
-    def merged(cls, parts: Sequence["Moments"], exclude: int | None = None) -> "Moments":
+    def merged(cls, parts: Sequence[Moments], exclude: int | None = None) -> Moments:
         """A new accumulator: the merge of ``parts`` except the one at index ``exclude`` (CV folds)."""
         first = parts[0]
-        m = cls(first.dim_a, first.dim_b, first.names, first.precision)
+        m = cls(*first.dims, names=first.names, precision=first.precision)
         for j, part in enumerate(parts):
             if j != exclude:
                 m.merge(part)
         return m
 
 
-def _chunk_moments(a: Any, b: Any, precision: Precision, xp: Any) -> tuple[int, Any, Any, Any]:
-    """Row count, float64 mean, shifted product and shift error of one chunk of [a, b].
+def _chunk_moments(z: Any, precision: str, xp: Any, own: bool) -> tuple[int, Any, Any, Any]:
+    """Row count, float64 mean, shifted product and shift error of one joined chunk.
 
-    The chunk is copied once into a work buffer [a b], shifted by its mean rounded to the
-    work dtype, and multiplied with itself (a SYRK in NumPy/CuPy). The product's offset
-    from the centred co-moment is ``n e e^T`` with ``e = mean - shift``; :meth:`Moments._combine`
-    removes it in float64.
+    The chunk (a work copy unless ``own``) is shifted by its mean rounded to the work dtype and
+    multiplied with itself (a SYRK in NumPy). The product's offset from the centred co-moment is
+    ``n e eᵀ`` with ``e = mean − shift``; :meth:`Moments._combine` removes it in float64.
     """
     work = xp.float32 if precision == "float32" else xp.float64
-    n_c, da = int(a.shape[0]), int(a.shape[1])
-    z = xp.empty((n_c, da + int(b.shape[1])), dtype=work, device=device(a))
-    z[:, :da] = a if a.dtype == work else xp.astype(a, work)
-    z[:, da:] = b if b.dtype == work else xp.astype(b, work)
+    if not own or z.dtype != work:
+        z = xp.astype(z, work, copy=True)
+    n_c = int(z.shape[0])
     mean = xp.sum(z, axis=0, dtype=xp.float64) / n_c
     shift = xp.astype(mean, work)
     z -= shift

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from ..affine import AffineMap
-from ..api import evaluate_store, fit_store
-from ..core.gpu import resolve_device, to_device
-from ..core.xp import to_numpy
+from ..api import fit_store
+from ..core.params import AdamOptions
+from ..core.placement import DEFAULT_DEVICE, Placement, placement
 from ..errors import LintwinError, MapFileError, ModelError, ShapeError, StoreError
 from ..measures.bootstrap import bootstrap_table
 from ..networks.onnx_models import Head, NetworkSpec
-from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
+from .scoring import Config, score_pass
 
 __all__ = ["CompareResult", "Regions", "check_head", "check_map", "compare", "predict_store", "score"]
 
@@ -80,9 +80,8 @@ def check_map(store: FeatureStore, split: str, amap: AffineMap) -> None:
                                    f"{sha[:12]}…; split {split!r} holds {name!r} features from {got[:12]}…")
 
 
-def predict_store(store: FeatureStore, split: str, name: str, head: Head, amap: AffineMap | None = None,
-                  device: str = "cpu") -> np.ndarray:
-    """Top-1 predictions of ``head`` on features of ``name`` in ``split``, mapped by ``amap`` if given."""
+def _check_config(store: FeatureStore, split: str, name: str, head: Head, amap: AffineMap | None) -> None:
+    """Refuse a head or map that cannot take the features of ``name`` in ``split``."""
     dim = int(store.info(split, name)["dim"])
     if amap is not None:
         if amap.src != name:
@@ -92,12 +91,13 @@ def predict_store(store: FeatureStore, split: str, name: str, head: Head, amap: 
         head.check_dim(amap.dst_dim, f"map {amap.name} gives")
     else:
         head.check_dim(dim, f"features of {name!r} have")
-    preds = []
-    for _, (x,) in store.iter_blocks(split, [name]):
-        if amap is not None:
-            x = to_numpy(amap.apply(to_device(x, device))).astype(np.float32)
-        preds.append(head.predict(x))
-    return np.concatenate(preds) if preds else np.empty(0, np.int64)
+
+
+def predict_store(store: FeatureStore, split: str, name: str, head: Head, amap: AffineMap | None = None,
+                  device: str | Placement = DEFAULT_DEVICE) -> np.ndarray:
+    """Top-1 predictions of ``head`` on features of ``name`` in ``split``, mapped by ``amap`` if given."""
+    _check_config(store, split, name, head, amap)
+    return score_pass(store, split, [name], [Config("x", 0, head, amap)], placement=placement(device))["x"].result()
 
 
 def _labels(store: FeatureStore, split: str) -> np.ndarray:
@@ -109,19 +109,24 @@ def _labels(store: FeatureStore, split: str) -> np.ndarray:
     return labels
 
 
-def score(store: FeatureStore, amap: AffineMap, head: Head, split: str = "val", device: str = "auto") -> dict[str, Any]:
+def score(store: FeatureStore, amap: AffineMap, head: Head, split: str = "val",
+          device: str | Placement = DEFAULT_DEVICE) -> dict[str, Any]:
     """Accuracy of ``head`` on mapped features, and top-1 agreement with the target network's own predictions."""
-    device = resolve_device(device)
+    place = placement(device)
     labels = _labels(store, split)
     check_map(store, split, amap)
     check_head(store, split, amap.dst, head, backbone_sha256=amap.dst_model_sha256, dim=amap.dst_dim)
-    names = [amap.src] + ([amap.dst] if amap.dst in store.networks(split) else [])
+    has_dst = amap.dst in store.networks(split)
+    names = [amap.src] + ([amap.dst] if has_dst else [])
     store.check_paired(split, names)
-    mapped = predict_store(store, split, amap.src, head, amap, device)
+    _check_config(store, split, amap.src, head, amap)
+    configs = [Config("mapped", 0, head, amap)] + ([Config("own", 1, head)] if has_dst else [])
+    got = score_pass(store, split, names, configs, placement=place)
+    mapped = got["mapped"].result()
     out: dict[str, Any] = {"map": amap.name, "split": split, "images": len(labels),
                            "correct": int((mapped == labels).sum()), "accuracy": float((mapped == labels).mean())}
-    if amap.dst in store.networks(split):
-        own = predict_store(store, split, amap.dst, head)
+    if has_dst:
+        own = got["own"].result()
         out.update(own_correct=int((own == labels).sum()), own_accuracy=float((own == labels).mean()),
                    agreement=float((own == mapped).mean()))
     return out
@@ -167,7 +172,7 @@ class CompareResult:
 
 
 def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, method: str = "lstsq",
-            ridge: float | str = 0.0, precision: str = "float32", device: str = "auto", adam: AdamOptions | None = None,
+            ridge: float | str = 0.0, precision: str = "float32", device: str | Placement = DEFAULT_DEVICE, adam: AdamOptions | None = None,
             init: str = "random", fit_split: str = "train", eval_split: str = "val",
             progress: bool = True, dask_client: Any = None, rank: int | None = None,
             folds: int = 5, in_sample: bool = False, ridge_criterion: str = "feature-error",
@@ -178,7 +183,7 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     arrays are paired row by row, and the evaluation images are held out from the fitting
     images (or ``in_sample`` says a same-image table is wanted; it is then labelled so).
     """
-    device = resolve_device(device)
+    place = placement(device)
     if a == b:
         raise LintwinError(f"networks A and B are both {a!r}")
     for name in (a, b):
@@ -197,13 +202,15 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
         raise LintwinError(f"evaluating on {eval_split!r} ({what}) scores the maps on images they were fitted on, "
                            "an in-sample figure, not the held-out loss; pass --in-sample to do it anyway")
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
-                       precision=precision, device=device, both=True, adam=adam, init=init,  # type: ignore[arg-type]
+                       precision=precision, device=place, both=True, adam=adam, init=init,  # type: ignore[arg-type]
                        progress=progress, dask_client=dask_client, rank=rank, folds=folds,
                        ridge_criterion=ridge_criterion, target_heads={a: head_a, b: head_b})  # type: ignore[arg-type]
-    pred_a = predict_store(store, eval_split, a, head_a)
-    pred_b = predict_store(store, eval_split, b, head_b)
-    pred_ab = predict_store(store, eval_split, a, head_b, ab, device)
-    pred_ba = predict_store(store, eval_split, b, head_a, ba, device)
+    for name, head, amap in ((a, head_a, None), (b, head_b, None), (a, head_b, ab), (b, head_a, ba)):
+        _check_config(store, eval_split, name, head, amap)
+    scored = score_pass(store, eval_split, [a, b], [Config("a", 0, head_a), Config("b", 1, head_b),
+                                                    Config("ab", 0, head_b, ab, dst=1), Config("ba", 1, head_a, ba, dst=0)],
+                        placement=place, progress=progress)
+    pred_a, pred_b, pred_ab, pred_ba = (scored[k].result() for k in ("a", "b", "ab", "ba"))
     n = len(labels)
     hit = {k: p == labels for k, p in (("a", pred_a), ("b", pred_b), ("ab", pred_ab), ("ba", pred_ba))}
 
@@ -232,7 +239,7 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
                 r["loss_ci"] = [ci["low"], ci["high"]]
     regions = [Regions.from_hits(a, b, hit["a"], hit["b"], hit["ab"]),
                Regions.from_hits(b, a, hit["b"], hit["a"], hit["ba"])]
-    metrics = {m.name: evaluate_store(m, store, eval_split, device=device, progress=False) for m in (ab, ba)}
+    metrics = {m.name: scored[k].metrics.result(scale_free=m.method == "adam") for m, k in ((ab, "ab"), (ba, "ba"))}
     maps_info = [{"map": m.name, "method": m.method, "n_train": m.n_train, "options": m.options,
                   "stats": m.stats} for m in (ab, ba)]
     result = CompareResult(a, b, method, fit_split, eval_split, n, table, regions, metrics, maps_info,

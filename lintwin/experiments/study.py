@@ -13,7 +13,6 @@ their accuracy measures the heads, not whether the features agree.
 from __future__ import annotations
 
 import itertools
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -22,52 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..affine import AffineMap
-from ..api import fit_ridge_cv, fit_store, maps_from_moments
-from ..core.fit_metrics import FitMetrics
-from ..core.gpu import resolve_device, to_device
-from ..core.joint import (
-    JointMoments,
-    accumulate_joint,
-    accumulate_joint_dask,
-    accumulate_joint_folds,
-    available_memory,
-    joint_bytes,
-    store_fingerprint,
-)
+from ..api import fit_store
+from ..core.distributed import accumulate_dask
+from ..core.driver import accumulate, accumulate_folds
+from ..core.folds import image_folds
+from ..core.memory import available_memory, human_bytes, moments_bytes
 from ..core.moments import Moments
-from ..core.xp import to_numpy
+from ..core.params import AdamOptions, FitSettings, parse_bytes
+from ..core.placement import DEFAULT_DEVICE, Placement, placement
 from ..errors import LintwinError, ModelError, StoreError
 from ..measures.similarity import similarity
 from ..networks.head_maps import head_map, read_affine_head
 from ..networks.onnx_models import Head, NetworkSpec, file_sha256
-from ..solvers import AdamOptions
+from ..solvers import fit_ridge_cv, maps_from_moments
+from ..storage.source import StoreSource, store_fingerprint
 from ..storage.store import FeatureStore
 from .compare import Regions
+from .scoring import Config, score_pass
 
-__all__ = ["StudyResult", "parse_bytes", "resolve_heads", "run_study"]
+__all__ = ["StudyResult", "load_cached_moments", "parse_bytes", "resolve_heads", "run_study", "save_cached_moments"]
 
 METHODS = ("lstsq", "adam", "heads")
-
-
-def parse_bytes(text: str) -> int:
-    """``--max-memory``: a byte count with an optional K/M/G/T suffix (powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise LintwinError(f"--max-memory must be a size such as 8G, 512M or 1000000, got {text!r}")
-    scale = 1024 ** " KMGT".index(m.group(2).upper() or " ")
-    return int(float(m.group(1)) * scale)
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes in the largest binary unit that keeps the number at or above 1."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    k = 0
-    while n >= 1024 and k < len(units) - 1:
-        n, k = n / 1024, k + 1
-    return f"{int(n)} B" if k == 0 else f"{n:.1f} {units[k]}"
 
 
 def resolve_heads(store: FeatureStore, split: str, names: Sequence[str], heads: Sequence[Path] | None,
@@ -132,19 +108,41 @@ class StudyResult:
         return float(statistics.median(losses)) if losses else None
 
 
-def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, split: str, precision: str, device: str,
-                 out: Path, max_memory: int, progress: bool, echo: Callable[[str], None],
-                 block_rows: int | None, dask_client: Any = None) -> tuple[Callable[[str, str], Moments], dict[str, Any]]:
+def save_cached_moments(m: Moments, path: Path, fingerprint: dict[str, Any]) -> Path:
+    """Keep a study's moments on disk with what they were made from (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return m.save(path, extra={"fingerprint": fingerprint})
+
+
+def load_cached_moments(path: Path, fingerprint: dict[str, Any] | None = None) -> Moments | None:
+    """Moments saved by :func:`save_cached_moments`; None when absent or made from other data."""
+    if not path.is_file():
+        return None
+    try:
+        m = Moments.load(path)
+    except LintwinError:
+        raise LintwinError(f"{path}: not a lintwin joint-moments file (damaged or of another version); delete it "
+                           "to recompute") from None
+    if fingerprint is not None and m.saved_extra.get("fingerprint") != fingerprint:
+        return None
+    return m
+
+
+def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, split: str, precision: str,
+                 place: Placement, worker_device: str, out: Path, max_memory: int, progress: bool,
+                 echo: Callable[[str], None], block_rows: int | None,
+                 dask_client: Any = None) -> tuple[Callable[[str, str], Moments], dict[str, Any]]:
     """Joint moments in one pass when (Σd)² fits in ``max_memory``, else one pass per pair; both cached on disk."""
 
-    def accumulate(nets: list[str]) -> JointMoments:
+    def moments_of(nets: list[str]) -> Moments:
+        source = StoreSource(store, split, nets, block_rows=block_rows)
         if dask_client is not None:
-            return accumulate_joint_dask(dask_client, store, nets, split=split, precision=precision, device=device,
-                                         progress=progress)
-        return accumulate_joint(store, nets, split=split, precision=precision, device=device, block_rows=block_rows,
-                                progress=progress)
+            return accumulate_dask(dask_client, source, precision=precision, device=worker_device,  # type: ignore[arg-type]
+                                   progress=progress)
+        return accumulate(source, placement=place, precision=precision, progress=progress,  # type: ignore[arg-type]
+                          desc=f"joint moments {split} ({len(nets)} networks)")
 
-    need = joint_bytes(dims)
+    need = moments_bytes(dims)
     info: dict[str, Any] = {"joint_bytes": need, "max_memory": max_memory, "sum_dims": int(sum(dims))}
     cache = out / "moments"
     if need <= max_memory:
@@ -152,34 +150,34 @@ def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, spli
              f"(within the budget of {human_bytes(max_memory)}, --max-memory)")
         path = cache / f"joint_{split}_{precision}.npz"
         fp = store_fingerprint(store, split, names)
-        jm = JointMoments.load(path, fp)
-        if jm is not None and tuple(jm.names) == tuple(names):
+        jm = load_cached_moments(path, fp)
+        if jm is not None and jm.names == tuple(names):
             echo(f"reusing the joint moments of {len(names)} networks saved in {path}")
             info.update(mode="joint", reused=True, path=str(path), passes=0)
         else:
             t0 = time.perf_counter()
-            jm = accumulate(names)
-            jm.save(path, fp)
+            jm = moments_of(names)
+            save_cached_moments(jm, path, fp)
             info.update(mode="joint", reused=False, path=str(path), passes=1,
                         accumulate_seconds=time.perf_counter() - t0)
         return jm.pair, info
-    largest = max(joint_bytes([a, b]) for a, b in itertools.combinations(dims, 2))
+    largest = max(moments_bytes([a, b]) for a, b in itertools.combinations(dims, 2))
     echo(f"joint moments of {len(names)} networks (Σd = {sum(dims)}) need about {human_bytes(need)}, more than "
          f"--max-memory {human_bytes(max_memory)}: falling back to one pass per pair ({len(names) * (len(names) - 1) // 2} "
          "passes)")
     if largest > max_memory:
         raise LintwinError(f"even one pair's moments need about {human_bytes(largest)}, more than --max-memory "
                            f"{human_bytes(max_memory)}")
-    pairs: dict[tuple[str, str], JointMoments] = {}
+    pairs: dict[tuple[str, str], Moments] = {}
     t0 = time.perf_counter()
     reused = 0
     for a, b in itertools.combinations(names, 2):
         path = cache / f"pair_{split}_{precision}_{a}__{b}.npz"
         fp = store_fingerprint(store, split, [a, b])
-        jm = JointMoments.load(path, fp)
+        jm = load_cached_moments(path, fp)
         if jm is None:
-            jm = accumulate([a, b])
-            jm.save(path, fp)
+            jm = moments_of([a, b])
+            save_cached_moments(jm, path, fp)
         else:
             reused += 1
         pairs[(a, b)] = jm
@@ -206,7 +204,8 @@ def _affine_heads(heads: Sequence[Path], required: bool, notes: list[str]) -> li
 
 
 def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], *, method: str = "lstsq",
-              ridge: float | str = 0.0, rank: int | None = None, precision: str = "float32", device: str = "auto",
+              ridge: float | str = 0.0, rank: int | None = None, precision: str = "float32",
+              device: str | Placement = DEFAULT_DEVICE,
               split: str = "train", eval_split: str = "val", out: Path = Path("runs/study"),
               max_memory: int | None = None, block_rows: int | None = None, progress: bool = True,
               dask_client: Any = None, echo: Callable[[str], None] = print, folds: int = 5,
@@ -224,20 +223,14 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         raise LintwinError(f"a study needs at least two distinct networks, got {names}")
     if method not in METHODS:
         raise LintwinError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(ridge, str):
-        if ridge != "auto":
-            raise LintwinError(f"--ridge must be a number ≥ 0 or 'auto', got {ridge!r}")
-        if dask_client is not None:
-            raise LintwinError("--ridge auto accumulates fold moments on one machine; drop --dask")
-    elif isinstance(ridge, (tuple, list)):
+    if isinstance(ridge, (tuple, list)):
         raise LintwinError("a study takes one λ for every pair (or 'auto'), not one per direction")
-    elif ridge < 0:
-        raise LintwinError(f"--ridge must be ≥ 0, got {ridge}")
-    if method == "adam":
-        (adam or AdamOptions()).validate()
-        if dask_client is not None:
-            raise LintwinError("--dask runs the closed-form accumulation; use it with --method lstsq")
-    device = resolve_device(device)
+    worker_device = device if isinstance(device, str) else device.label  # each Dask worker resolves "auto" itself
+    cfg = FitSettings(method="lstsq" if method == "heads" else method, ridge=ridge, rank=rank, folds=folds,
+                      precision=precision, init=init, adam=adam or AdamOptions(),
+                      device=worker_device).validated(dask=dask_client is not None)
+    ridge = cfg.ridge  # type: ignore[assignment]
+    place = placement(device)
     for sp in ([split] if method != "heads" else []) + [eval_split]:
         if sp not in store.splits():
             raise StoreError(f"split {sp!r} not in {store.path} (splits: {', '.join(store.splits()) or 'none'})")
@@ -261,13 +254,15 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
         budget = max_memory if max_memory is not None else available_memory() // 2
-        need = folds * joint_bytes(dims)
+        need = folds * moments_bytes(dims)
         if need > budget:
             raise LintwinError(f"--ridge auto keeps {folds} folds of joint moments, about {human_bytes(need)}, more "
                                f"than --max-memory {human_bytes(budget)}; give a λ, fewer --folds or fewer networks")
         t0 = time.perf_counter()
-        fold_jms = accumulate_joint_folds(store, names, k=folds, split=split, precision=precision, device=device,
-                                          progress=progress)
+        source = StoreSource(store, split, names, block_rows=block_rows)
+        fold_jms = accumulate_folds(source, image_folds(store.ids(split), source.rows, folds), folds, placement=place,
+                                    precision=precision, progress=progress,  # type: ignore[arg-type]
+                                    desc=f"joint fold moments {split} ({len(names)} networks)")
         timings["accumulate_seconds"] = time.perf_counter() - t0
         moments_info = {"mode": "joint folds", "folds": folds, "passes": 1, "joint_bytes": need}
         t0 = time.perf_counter()
@@ -296,7 +291,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         fitted = {}
         for a, b in itertools.combinations(names, 2):
             ab, ba = fit_store(store, a, b, split=split, method="adam", ridge=ridge, precision=precision,
-                               device=device, both=True, adam=adam, init=init, progress=progress,  # type: ignore[arg-type]
+                               device=place, both=True, adam=adam, init=init, progress=progress,  # type: ignore[arg-type]
                                folds=folds)
             fitted[(a, b)], fitted[(b, a)] = ab, ba
             n_train = ab.n_train
@@ -310,9 +305,10 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
         budget = max_memory if max_memory is not None else available_memory() // 2
-        pair, moments_info = _fit_moments(store, names, dims, split=split, precision=precision, device=device,
-                                          out=out, max_memory=budget, progress=progress, echo=echo,
-                                          block_rows=block_rows, dask_client=dask_client)
+        pair, moments_info = _fit_moments(store, names, dims, split=split, precision=precision, place=place,
+                                          worker_device=worker_device, out=out, max_memory=budget,
+                                          progress=progress, echo=echo, block_rows=block_rows,
+                                          dask_client=dask_client)
         t0 = time.perf_counter()
         fitted: dict[tuple[str, str], AffineMap] = {}
         for a, b in itertools.combinations(names, 2):
@@ -343,7 +339,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
             notes.append(f"head-only maps are least-squares (not exact) for {', '.join(inexact)}: the target head has "
                          "more classes than feature dimensions")
     t0 = time.perf_counter()
-    scores = _score(store, eval_split, names, head_objs, maps, labels, device, progress)
+    scores = _score(store, eval_split, names, head_objs, maps, place, progress)
     timings["eval_seconds"] = time.perf_counter() - t0
     result = _assemble(names, dims, method, split, eval_split, labels, n_train, scores, maps, moments_info,
                        timings, notes)
@@ -374,33 +370,20 @@ def _similarity_matrices(names: list[str], pair: Callable[[str, str], Moments],
 class _Scores:
     own: list[np.ndarray]
     mapped: dict[str, dict[tuple[str, str], np.ndarray]]
-    metrics: dict[str, dict[tuple[str, str], FitMetrics]]
+    metrics: dict[str, dict[tuple[str, str], Any]]
 
 
 def _score(store: FeatureStore, split: str, names: list[str], heads: list[Head],
-           maps: dict[str, dict[tuple[str, str], AffineMap]], labels: np.ndarray, device: str,
-           progress: bool) -> _Scores:
+           maps: dict[str, dict[tuple[str, str], AffineMap]], place: Placement, progress: bool) -> _Scores:
     """One pass over ``split``: own predictions, every map's predictions under the target head, feature metrics."""
     index = {n: k for k, n in enumerate(names)}
-    own: list[list[np.ndarray]] = [[] for _ in names]
-    mapped = {kind: {key: [] for key in kmaps} for kind, kmaps in maps.items()}
-    metrics = {kind: {key: FitMetrics() for key in kmaps} for kind, kmaps in maps.items()}
-    configs = len(names) + sum(len(k) for k in maps.values())
-    with tqdm(total=len(labels), desc=f"score {split} ({configs} configurations)", unit="rows", unit_scale=True,
-              disable=not progress) as bar:
-        for _, blocks in store.iter_blocks(split, names):
-            for k, x in enumerate(blocks):
-                own[k].append(heads[k].predict(x))
-            dev = [to_device(x, device) for x in blocks]
-            for kind, kmaps in maps.items():
-                for (a, b), mp in kmaps.items():
-                    y = mp.apply(dev[index[a]])
-                    metrics[kind][(a, b)].update(y, dev[index[b]])
-                    mapped[kind][(a, b)].append(heads[index[b]].predict(np.asarray(to_numpy(y), np.float32)))
-            bar.update(blocks[0].shape[0])
-    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, np.int64)
-    return _Scores([cat(p) for p in own], {kind: {key: cat(v) for key, v in d.items()} for kind, d in mapped.items()},
-                   metrics)
+    configs = [Config(("own", k), k, heads[k]) for k in range(len(names))]
+    configs += [Config((kind, key), index[key[0]], heads[index[key[1]]], mp, dst=index[key[1]])
+                for kind, kmaps in maps.items() for key, mp in kmaps.items()]
+    got = score_pass(store, split, names, configs, placement=place, progress=progress)
+    return _Scores([got[("own", k)].result() for k in range(len(names))],
+                   {kind: {key: got[(kind, key)].result() for key in kmaps} for kind, kmaps in maps.items()},
+                   {kind: {key: got[(kind, key)].metrics for key in kmaps} for kind, kmaps in maps.items()})
 
 
 def _assemble(names: list[str], dims: list[int], method: str, split: str, eval_split: str, labels: np.ndarray,

@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..core.gpu import to_device
+from ..core.driver import accumulate
 from ..core.moments import Moments
+from ..core.params import check_null_repeats
+from ..core.placement import DEFAULT_DEVICE, Placement, placement, placement_of
 from ..core.xp import row_spans
 from ..errors import LintwinError
+from ..storage.source import StoreSource
 from ..storage.store import FeatureStore
 
 __all__ = ["NullResult", "arrays_null", "permutation_null", "shifted_block", "shuffled_moments", "store_null"]
@@ -63,16 +66,34 @@ def shifted_block(read_b: Callable[[int, int], np.ndarray], lo: int, hi: int, n:
     return b[rng.permutation(hi - lo)]
 
 
-def shuffled_moments(a_blocks: Iterator[tuple[int, np.ndarray]], read_b: Callable[[int, int], np.ndarray], n: int,
-                     dims: tuple[int, int], names: tuple[str, str], shift: int, rng: np.random.Generator, *,
-                     precision: str = "float32", kernel: bool = True, device: str = "cpu") -> Moments:
+class ShiftedPairSource:
+    """A block source pairing A's blocks with B's rows at a cyclic offset, shuffled within each block.
+
+    A's side is untouched, B's side is a permutation of B's rows, so each side's own moments are those
+    of the real data and only the pairing is broken. ``seed`` fixes the shuffles, so reading the
+    source again gives the same pairing.
+    """
+
+    def __init__(self, a_blocks: Callable[[], Iterator[tuple[int, np.ndarray]]],
+                 read_b: Callable[[int, int], np.ndarray], n: int, dims: tuple[int, int], names: tuple[str, str],
+                 shift: int, seed: int):
+        self.a_blocks, self.read_b, self.rows, self.shift, self.seed = a_blocks, read_b, int(n), int(shift), seed
+        self.dims, self.names = tuple(dims), tuple(names)
+
+    def blocks(self) -> Iterator[tuple[int, list[np.ndarray]]]:
+        rng = np.random.default_rng(self.seed)
+        for lo, a in self.a_blocks():
+            yield lo, [a, shifted_block(self.read_b, lo, lo + int(a.shape[0]), self.rows, self.shift, rng)]
+
+
+def shuffled_moments(a_blocks: Iterator[tuple[int, np.ndarray]] | Callable[[], Iterator[tuple[int, np.ndarray]]],
+                     read_b: Callable[[int, int], np.ndarray], n: int, dims: tuple[int, int], names: tuple[str, str],
+                     shift: int, rng: np.random.Generator, *, precision: str = "float32", kernel: bool = True,
+                     device: str | Placement = DEFAULT_DEVICE) -> Moments:
     """Moments of A's blocks paired with B's at a cyclic row offset, rows shuffled within blocks."""
-    m = Moments(dims[0], dims[1], names, precision, kernel=kernel)  # type: ignore[arg-type]
-    for lo, a in a_blocks:
-        b = shifted_block(read_b, lo, lo + int(a.shape[0]), n, shift, rng)
-        m.update(to_device(a, device), to_device(b, device))
-    m.check_finite()
-    return m
+    blocks = a_blocks if callable(a_blocks) else (lambda it=a_blocks: it)
+    source = ShiftedPairSource(blocks, read_b, n, dims, names, shift, int(rng.integers(2**63)))
+    return accumulate(source, placement=placement(device), precision=precision, kernel=kernel)  # type: ignore[arg-type]
 
 
 def draw_shift(n: int, rng: np.random.Generator) -> int:
@@ -85,16 +106,16 @@ def draw_shift(n: int, rng: np.random.Generator) -> int:
 def permutation_null(measure: Measure, *, repeats: int, seed: int, n: int, dims: tuple[int, int],
                      names: tuple[str, str], a_blocks: Callable[[], Iterator[tuple[int, np.ndarray]]],
                      read_b: Callable[[int, int], np.ndarray], precision: str = "float32", kernel: bool = True,
-                     device: str = "cpu", progress: bool = True) -> NullResult:
+                     device: str | Placement = DEFAULT_DEVICE, progress: bool = True) -> NullResult:
     """``repeats`` streaming passes, each giving one null sample of every measure ``measure`` returns."""
-    if repeats < 2:
-        raise LintwinError(f"a permutation null needs at least 2 repetitions (for its sd), got {repeats}")
+    check_null_repeats(repeats)
+    place = placement(device)
     rng = np.random.default_rng(seed)
     out = NullResult(repeats, seed)
     for _ in tqdm(range(repeats), desc="permutation null", unit="pass", disable=not progress):
         shift = draw_shift(n, rng)
-        m = shuffled_moments(a_blocks(), read_b, n, dims, names, shift, rng, precision=precision, kernel=kernel,
-                             device=device)
+        m = shuffled_moments(a_blocks, read_b, n, dims, names, shift, rng, precision=precision, kernel=kernel,
+                             device=place)
         out.shifts.append(shift)
         for name, v in measure(m).items():
             out.samples.setdefault(name, []).append(None if v is None or not math.isfinite(v) else float(v))
@@ -102,14 +123,16 @@ def permutation_null(measure: Measure, *, repeats: int, seed: int, n: int, dims:
 
 
 def store_null(store: FeatureStore, a: str, b: str, measure: Measure, *, split: str, repeats: int, seed: int,
-               precision: str = "float32", kernel: bool = True, block_rows: int | None = None, device: str = "cpu",
-               progress: bool = True) -> NullResult:
+               precision: str = "float32", kernel: bool = True, block_rows: int | None = None,
+               device: str | Placement = DEFAULT_DEVICE, progress: bool = True) -> NullResult:
     """:func:`permutation_null` over a store split: A streamed in blocks, B read at the shifted rows."""
     fb = store.features(split, b)
     dims = (int(store.info(split, a)["dim"]), int(store.info(split, b)["dim"]))
 
+    side_a = StoreSource(store, split, [a], block_rows=block_rows)
+
     def a_blocks() -> Iterator[tuple[int, np.ndarray]]:
-        for lo, (x,) in store.iter_blocks(split, [a], block_rows=block_rows):
+        for lo, (x,) in side_a.blocks():
             yield lo, x
 
     return permutation_null(measure, repeats=repeats, seed=seed, n=store.rows(split), dims=dims, names=(a, b),
@@ -129,4 +152,4 @@ def arrays_null(a: np.ndarray, b: np.ndarray, measure: Measure, *, repeats: int,
 
     return permutation_null(measure, repeats=repeats, seed=seed, n=n, dims=(int(a.shape[1]), int(b.shape[1])),
                             names=names, a_blocks=a_blocks, read_b=lambda lo, hi: b[lo:hi], precision=precision,
-                            kernel=kernel, progress=progress)
+                            kernel=kernel, device=placement_of(a), progress=progress)

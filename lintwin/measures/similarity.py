@@ -64,12 +64,11 @@ from typing import Any
 
 import numpy as np
 
-from ..api import maps_from_moments
 from ..core.moments import Moments
+from ..core.params import check_alpha, check_svcca_keep
 from ..core.xp import device, namespace, to_numpy
 from ..errors import LintwinError
-from ..solvers import default_rcond, ridge_cv
-from ..solvers.conditioning import scale_system
+from ..solvers import default_rcond, factor, maps_from_moments, ridge_cv
 from ..solvers.ridge_cv import fold_weights
 
 __all__ = ["DEFAULT_ALPHAS", "Similarity", "similarity"]
@@ -125,23 +124,15 @@ def _take2(S: Any, rows: Any, cols: Any, xp: Any) -> Any:
 
 
 def _side(S: Any, mean: Any, n: int, precision: str, rcond: float, name: str, xp: Any) -> _Side:
-    sc = scale_system(S, mean, n, precision, xp=xp)
-    const = to_numpy(sc.constant).astype(bool)
-    keep = xp.asarray(np.flatnonzero(~const), device=device(S))
-    if int(keep.shape[0]) == 0:
+    """One side factored as the solver factors a system: its constant units, scaled and raw spectra."""
+    sys = factor(S, mean, n, precision, rcond=rcond)
+    if sys.effective == 0:
         raise LintwinError(f"every unit of {name} is constant over the rows: no similarity to measure")
-    evals, vecs = _eigh_desc(_take2(sc.R, keep, keep, xp), xp)
-    rank = int(xp.sum(xp.astype(evals > rcond * float(evals[0]), xp.int32)))
-    lam, V = _eigh_desc(_take2(S, keep, keep, xp), xp)
-    return _Side(keep, xp.take(sc.scale, keep), evals[:rank], vecs[:, :rank], np.flatnonzero(const).tolist(), rank,
-                 xp.maximum(lam, xp.zeros_like(lam)), V)
-
-
-def _eigh_desc(S: Any, xp: Any) -> tuple[Any, Any]:
-    """Eigenvalues (descending) and eigenvectors of symmetric ``S``."""
-    evals, vecs = xp.linalg.eigh(S)
-    order = xp.flip(xp.argsort(evals))
-    return xp.take(evals, order), xp.take(vecs, order, axis=1)
+    evals, vecs = sys.eigen()
+    rank = sys.kept_rank()
+    lam, V = sys.raw_eigen()
+    constant = np.flatnonzero(to_numpy(sys.constant).astype(bool)).tolist()
+    return _Side(sys.keep, xp.take(sys.scale, sys.keep), evals[:rank], vecs[:, :rank], constant, rank, lam, V)
 
 
 def _cka(blk: dict[str, Any], xp: Any) -> float:
@@ -259,8 +250,7 @@ def _shape_angles(blk: dict[str, Any], sa: _Side, sb: _Side, alphas: Sequence[fl
     P = xp.matrix_transpose(Va) @ _take2(blk["ab"], sa.keep, sb.keep, xp) @ Vb
     out = {}
     for alpha in alphas:
-        if not 0.0 <= alpha <= 1.0:
-            raise LintwinError(f"shape-metric alpha must be in [0, 1], got {alpha}")
+        check_alpha(alpha)
         if alpha == 0.0 and full_rank:
             out[0.0] = math.acos(min(1.0, max(-1.0, rho_sum / math.sqrt(sa.rank * sb.rank))))
             continue
@@ -325,8 +315,9 @@ def similarity(m: Moments, *, svcca_keep: float = 0.99, alphas: Sequence[float] 
     ``m.kernel`` (``Moments(..., kernel=True)``) adds debiased CKA. ``rcond`` overrides the
     solver's relative eigenvalue floor in the scaled space.
     """
-    if not 0.0 < svcca_keep <= 1.0:
-        raise LintwinError(f"svcca_keep must be in (0, 1], got {svcca_keep}")
+    check_svcca_keep(svcca_keep)
+    for alpha in alphas:
+        check_alpha(alpha)
     blk = m.blocks()
     xp = namespace(blk["ab"])
     n = m.n

@@ -1,9 +1,13 @@
-"""Solvers: closed-form maps from moments (``lstsq``) and the paper's Adam (``adam``)."""
+"""Solvers: the factored scaled system, closed-form maps from moments (plain, ridge, ridge-CV, rank), Adam."""
 
-from .adam import AdamOptions, fit_adam, paper_loss_grad
+from ..core.params import AdamOptions
+from .adam import fit_adam, paper_loss_grad
 from .conditioning import default_rcond
-from .lstsq import PrecisionWarning, RankWarning, check_ridge, reduce_rank, solve_affine
+from .factor import ScaledSystem, factor
+from .lstsq import PrecisionWarning, RankWarning, reduce_rank, solve_affine
+from .maps import fit_ridge_cv, maps_from_moments, moment_metrics
 from .ridge_cv import RidgeCV, ridge_cv
 
-__all__ = ["AdamOptions", "PrecisionWarning", "RankWarning", "RidgeCV", "check_ridge", "default_rcond", "fit_adam",
-           "paper_loss_grad", "reduce_rank", "ridge_cv", "solve_affine"]
+__all__ = ["AdamOptions", "PrecisionWarning", "RankWarning", "RidgeCV", "ScaledSystem", "default_rcond", "factor",
+           "fit_adam", "fit_ridge_cv", "maps_from_moments", "moment_metrics", "paper_loss_grad", "reduce_rank",
+           "ridge_cv", "solve_affine"]

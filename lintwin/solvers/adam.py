@@ -15,57 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.fit_metrics import paper_loss_rows
+from ..core.params import ADAM_VARIANTS as VARIANTS
+from ..core.params import AdamOptions
 from ..core.xp import device, from_numpy, namespace, to_numpy
-from ..errors import LintwinError
 
 __all__ = ["AdamOptions", "VARIANTS", "adam_step", "fit_adam", "paper_loss_grad"]
-
-VARIANTS = ("tensorflow", "kingma")
-
-
-@dataclass(frozen=True)
-class AdamOptions:
-    """The paper's settings are the defaults."""
-
-    lr: float = 0.1
-    decay: float = 1e-5  # lr_t = lr * (1 - decay) ** t
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    batch: int = 2048
-    iterations: int = 100_000
-    seed: int = 0
-    variant: str = "tensorflow"  # where ε enters: TensorFlow 1 (the paper's) or Kingma & Ba
-
-    def validate(self) -> "AdamOptions":
-        """Refuse settings that cannot give a meaningful fit (before any work is done)."""
-        def bad(what: str, value: object) -> LintwinError:
-            return LintwinError(f"{what}, got {value!r}")
-
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise bad("the Adam learning rate must be a finite number > 0", self.lr)
-        if not (math.isfinite(self.decay) and 0 <= self.decay < 1):
-            raise bad("the learning-rate decay must be in [0, 1)", self.decay)
-        for name, beta in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not (math.isfinite(beta) and 0 <= beta < 1):
-                raise bad(f"{name} must be in [0, 1)", beta)
-        if not (math.isfinite(self.eps) and self.eps > 0):
-            raise bad("eps must be a finite number > 0", self.eps)
-        if self.batch < 1 or self.iterations < 1:
-            raise bad("batch and iterations must be >= 1", (self.batch, self.iterations))
-        if self.variant not in VARIANTS:
-            raise bad(f"the Adam variant must be one of {', '.join(VARIANTS)}", self.variant)
-        return self
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def paper_loss_grad(p: Any, y: Any) -> tuple[Any, Any]:

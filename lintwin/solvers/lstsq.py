@@ -20,11 +20,11 @@ import math
 import warnings
 from typing import Any
 
-import numpy as np
-
-from ..core.xp import device, namespace, solve_triangular
+from ..core.params import check_ridge
+from ..core.xp import device, namespace
 from ..errors import LintwinError
-from .conditioning import default_rcond, estimate_condition, expected_error, inverse_frobenius, scale_system
+from .conditioning import default_rcond, expected_error
+from .factor import ScaledSystem, factor, solve_scaled, symmetric_eigen
 
 __all__ = ["PrecisionWarning", "RankWarning", "check_ridge", "reduce_rank", "solve_affine"]
 
@@ -39,17 +39,6 @@ class PrecisionWarning(UserWarning):
     """The expected relative error of the map exceeds :data:`ERROR_WARN` at the chosen precision."""
 
 
-def check_ridge(ridge: float) -> float:
-    """A ridge λ as a float, refusing NaN, infinities and negative values."""
-    try:
-        lam = float(ridge)
-    except (TypeError, ValueError):
-        raise LintwinError(f"ridge must be a number >= 0, got {ridge!r}") from None
-    if not math.isfinite(lam) or lam < 0:
-        raise LintwinError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    return lam
-
-
 def solve_affine(
     sxx: Any,
     sxy: Any,
@@ -61,85 +50,80 @@ def solve_affine(
     precision: str = "float64",
     rcond: float | None = None,
     label: str = "map",
+    system: ScaledSystem | None = None,
 ) -> tuple[Any, Any, dict]:
     """Solve one direction. Returns ``(weight (d_y x d_x), bias (d_y,), info)``.
 
-    ``precision`` is that of the moments (it sets the rounding floor and the expected error).
-    ``info`` records the solver used (``"cholesky"`` or ``"eigh"``), the numerical rank, the
-    constant units, the condition estimate of the scaled system, the expected relative error
-    of W and, after a fallback, why.
+    ``precision`` is that of the moments (it sets the rounding floor and the expected error);
+    ``system`` is the factored source side when the caller has it already (:func:`factor`).
+    ``info`` records the solver used (``"cholesky"`` or ``"eigh"``), the constant units, the
+    condition of the whole scaled system (``condition``, with ``condition_kind``), the rank and
+    condition of the system actually solved (``rank``, ``retained_condition``: the same unless
+    directions were dropped), the expected relative error of W and, after a fallback, why.
     """
-    xp = namespace(sxx, sxy)
     if n <= 0:
         raise LintwinError("no rows were accumulated: the training split is empty")
     ridge = check_ridge(ridge)
-    d = int(sxx.shape[0])
-    rcond = rcond if rcond is not None else default_rcond(precision)
-    sc = scale_system(sxx, mean_x, n, precision, xp=xp)
-    R = sc.R
-    if ridge:
-        keep = xp.astype(~sc.constant, R.dtype)
-        R = R + xp.eye(d, dtype=R.dtype, device=device(R)) * xp.reshape(keep * ridge / sc.scale**2, (1, -1))
-    keep_rows = xp.reshape(xp.astype(~sc.constant, sxy.dtype), (-1, 1))
-    rhs = sxy / xp.reshape(sc.scale, (-1, 1)) * keep_rows
-
-    info: dict[str, Any] = {"ridge": ridge, "rows": int(n), "dim": d, "reason": None, "rcond": rcond,
-                            "precision": precision, "constant_units": sc.n_constant}
-    effective = d - sc.n_constant
+    sys = system if system is not None else factor(sxx, mean_x, n, precision, rcond=rcond)
+    rhs = sys.scaled_rhs(sxy)
+    info: dict[str, Any] = {"ridge": ridge, "rows": int(n), "dim": sys.dim, "reason": None, "rcond": sys.rcond,
+                            "precision": sys.precision, "constant_units": sys.n_constant}
+    effective = sys.effective
     if ridge == 0 and n - 1 < effective:
         info["reason"] = f"fewer rows ({n}) than non-constant features + 1 ({effective + 1})"
     else:
-        wt = _cholesky_solve(R, rhs, rcond, info, xp)
-        if wt is not None:
-            return _finish(wt * keep_rows, sc.scale, mean_x, mean_y, info, label)
-    wt = _eigh_solve(R, rhs, sc.constant, rcond, info, xp)
+        ch = sys.cholesky(ridge)
+        info["reason"] = ch.reason
+        if ch.condition is not None:
+            info.update(condition=ch.condition, condition_kind="1-norm, estimated from the Cholesky factor")
+        if ch.reason is None:
+            wt = solve_scaled(ch.L, rhs, sys.xp)
+            info.update(solver="cholesky", rank=effective, retained_condition=ch.condition,
+                        inverse_frobenius=ch.inverse_frobenius)
+            return _finish(sys.unscale(wt), mean_x, mean_y, info, label)
+    wt = _truncated_solve(sys, rhs, ridge, info)
     if info["rank"] < effective:
         warnings.warn(f"{label}: {info['reason']}; used the truncated solution of rank {info['rank']} of "
-                      f"{effective} (directions below rcond of the largest, in the scaled space, dropped)",
-                      RankWarning, stacklevel=2)
-    return _finish(wt * keep_rows, sc.scale, mean_x, mean_y, info, label)
+                      f"{effective} (directions below rcond of the largest, in the scaled space, dropped); "
+                      f"condition of the whole scaled system {'≥' if info.get('condition_is_lower_bound') else '≈'} "
+                      f"{info['condition']:.2e}, of the retained "
+                      f"rank-{info['rank']} system ≈ {info['retained_condition']:.2e}", RankWarning, stacklevel=2)
+    return _finish(sys.unscale(wt), mean_x, mean_y, info, label)
 
 
-def _cholesky_solve(R: Any, rhs: Any, rcond: float, info: dict, xp: Any) -> Any | None:
-    try:
-        L = xp.linalg.cholesky(R)
-    except (np.linalg.LinAlgError, ValueError):
-        info["reason"] = "the normal equations are not positive definite (Cholesky failed)"
-        return None
-    diag = xp.linalg.diagonal(L)
-    # CuPy does not raise on a failed factorisation: it leaves NaN in the factor.
-    if not bool(xp.all(xp.isfinite(diag)) & (xp.min(diag) > 0)):
-        info["reason"] = "the normal equations are not positive definite (Cholesky failed)"
-        return None
-    cond = estimate_condition(R, L, xp=xp)
-    info["condition"] = cond
-    info["inverse_frobenius"] = inverse_frobenius(L, xp=xp)
-    if cond * rcond > 1.0:
-        info["reason"] = f"the normal equations are near-singular (condition ≈ {cond:.2e} in the scaled space)"
-        return None
-    z = solve_triangular(L, rhs, lower=True, xp=xp)
-    wt = solve_triangular(L, z, lower=True, trans=True, xp=xp)
-    info.update(solver="cholesky", rank=int(R.shape[0]) - info["constant_units"])
-    return wt
-
-
-def _eigh_solve(R: Any, rhs: Any, constant: Any, rcond: float, info: dict, xp: Any) -> Any:
-    evals, V = xp.linalg.eigh(R)
-    top = float(xp.max(evals)) if evals.shape[0] else 0.0
-    keep = evals > rcond * top
+def _truncated_solve(sys: ScaledSystem, rhs: Any, ridge: float, info: dict) -> Any:
+    """The minimum-norm solution of the (ridge-)scaled system keeping directions above ``rcond`` of the largest."""
+    xp = sys.xp
+    evals, V = sys.eigen() if not ridge else symmetric_eigen(_kept(sys.regularised(ridge), sys), xp)
+    top = float(evals[0]) if evals.shape[0] else 0.0
+    keep = evals > sys.rcond * top
     inv = xp.where(keep, 1.0 / xp.where(keep, evals, xp.ones_like(evals)), xp.zeros_like(evals))
-    wt = V @ (xp.reshape(inv, (-1, 1)) * (xp.matrix_transpose(V) @ rhs))
-    # Constant units sit on unit eigenvalues of their own; they are not part of the rank.
-    kept = int(xp.sum(xp.astype(keep, xp.int32))) - info["constant_units"]
-    smallest = float(xp.min(xp.where(keep, evals, xp.full_like(evals, top)))) if kept > 0 else 0.0
-    info.update(solver="eigh", rank=kept, condition=(top / smallest) if smallest > 0 else float("inf"),
+    Vf = sys.embed(V)
+    wt = Vf @ (xp.reshape(inv, (-1, 1)) * (xp.matrix_transpose(Vf) @ rhs))
+    rank = int(xp.sum(xp.astype(keep, xp.int32)))
+    smallest = float(xp.min(xp.where(keep, evals, xp.full_like(evals, top)))) if rank > 0 else 0.0
+    lowest = float(evals[-1]) if evals.shape[0] else 0.0
+    # Below the rounding floor of the moments (default rcond of the largest) an eigenvalue is noise: the whole
+    # system's condition is then only known to be at least that floor's inverse.
+    resolvable = default_rcond(sys.precision)
+    floor = lowest <= resolvable * top
+    info.update(solver="eigh", rank=rank, condition=top / lowest if not floor else (1.0 / resolvable if top > 0 else math.inf),
+                condition_is_lower_bound=floor,
+                condition_kind="2-norm, from the eigenvalues" + (" (a lower bound: the smallest eigenvalues are "
+                                                                   "below the rounding floor)" if floor else ""),
+                retained_condition=(top / smallest) if smallest > 0 else math.inf,
                 inverse_frobenius=math.sqrt(float(xp.sum(inv * inv))))
     return wt
 
 
-def _finish(wt: Any, scale: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[Any, Any, dict]:
+def _kept(R: Any, sys: ScaledSystem) -> Any:
+    xp = sys.xp
+    return xp.take(xp.take(R, sys.keep, axis=0), sys.keep, axis=1)
+
+
+def _finish(wt: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[Any, Any, dict]:
     xp = namespace(wt)
-    weight = xp.matrix_transpose(wt / xp.reshape(scale, (-1, 1)))
+    weight = xp.matrix_transpose(wt)
     bias = mean_y - weight @ mean_x
     cond = info.get("condition", float("inf"))
     # After a truncation this is the error of the truncated solution (set by the kept spectrum).
@@ -165,6 +149,6 @@ def reduce_rank(weight: Any, sxx: Any, rank: int, ridge: float = 0.0) -> Any:
         raise LintwinError(f"rank must be between 1 and {min(d_out, int(weight.shape[1]))}, got {rank}")
     s = sxx + xp.eye(int(sxx.shape[0]), dtype=sxx.dtype, device=device(sxx)) * ridge if ridge else sxx
     g = weight @ s @ xp.matrix_transpose(weight)
-    _, U = xp.linalg.eigh((g + xp.matrix_transpose(g)) / 2)
-    top = U[:, d_out - rank :]
+    _, U = symmetric_eigen((g + xp.matrix_transpose(g)) / 2, xp)
+    top = U[:, :rank]
     return top @ (xp.matrix_transpose(top) @ weight)

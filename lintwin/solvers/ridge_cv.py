@@ -1,7 +1,9 @@
 """Ridge chosen by K-fold cross-validation, computed entirely from fold moments.
 
-For each fold the training moments give the whole ridge path from one eigendecomposition,
-Cxx = V Λ V^T: W(λ)^T = V diag(1/(Λ+λ)) V^T Cxy. The held-out fold's own moments give its
+Each fold's training moments are factored like any other system (:func:`~lintwin.solvers.factor.factor`):
+constant units by the solver's rule get zero weight at every λ, exactly as in the final solve, and
+the whole ridge path comes from one eigendecomposition of the non-constant units,
+Cxx = V Λ Vᵀ: W(λ)ᵀ = V diag(1/(Λ+λ)) Vᵀ Cxy. The held-out fold's own moments give its
 squared error exactly, without touching its rows:
 
     SSE = tr(Hyy) − 2 tr(W Hxy) + tr(W Hxx W^T) + n_h ‖ν_y − W ν_x − b‖²,
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..core.moments import Moments
 from ..core.xp import namespace, to_numpy
+from .factor import factor
 
 __all__ = ["RidgeCV", "default_lambdas", "fold_weights", "ridge_cv"]
 
@@ -54,11 +57,17 @@ def default_lambdas(cxx: Any, n: int = 25) -> np.ndarray:
 
 
 def _eigen_path(train: Moments, reverse: bool) -> tuple[Any, Any, Any, Any, Any]:
-    """One eigendecomposition of the training Sxx: ``(Λ, V, P = V^T Sxy, mean_x, mean_y)``."""
+    """The training system factored once: ``(Λ, V, P = Vᵀ Sxy, mean_x, mean_y)`` on its non-constant units."""
     cxx, cxy, _, mx, my = train.oriented(reverse)
-    xp = namespace(cxx)
-    evals, V = xp.linalg.eigh(cxx)
-    return evals, V, xp.matrix_transpose(V) @ cxy, mx, my
+    evals, V, P = factor(cxx, mx, train.n, train.precision).ridge_path(cxy)
+    return evals, V, P, mx, my
+
+
+def _inverse(evals: Any, lam: float, xp: Any) -> Any:
+    """``1/(Λ+λ)``, with 0 where ``Λ+λ`` is 0 (λ = 0 on an exactly singular direction: the minimum-norm choice)."""
+    total = evals + lam
+    positive = total > 0
+    return xp.where(positive, 1.0 / xp.where(positive, total, xp.ones_like(total)), xp.zeros_like(total))
 
 
 def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
@@ -66,7 +75,7 @@ def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
     evals, V, P, mx, my = _eigen_path(train, reverse)
     xp = namespace(V)
     for lam in lambdas:
-        wt = V @ (P / xp.reshape(evals + float(lam), (-1, 1)))
+        wt = V @ (xp.reshape(_inverse(evals, float(lam), xp), (-1, 1)) * P)
         yield float(lam), wt, my - xp.sum(wt * xp.reshape(mx, (-1, 1)), axis=0)
 
 
@@ -88,7 +97,7 @@ def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bo
     tr_hyy = float(xp.sum(xp.linalg.diagonal(hyy)))
     errors = np.empty(len(lambdas))
     for i, lam in enumerate(lambdas):
-        d = 1.0 / (evals + float(lam))
+        d = _inverse(evals, float(lam), xp)
         shift = xp.matrix_transpose(P) @ (xp.reshape(d, (-1, 1)) * dm)  # W (ν_x − μ_x)
         c = dy - xp.reshape(shift, (-1,))
         errors[i] = (tr_hyy - 2.0 * float(xp.sum(r * d)) + float(xp.sum(xp.reshape(d, (-1, 1)) * GM * d))

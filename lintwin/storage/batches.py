@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.gpu import to_device
+from ..core.placement import Placement, placement
 from ..core.xp import from_numpy, namespace
 from .store import FeatureStore
 
@@ -41,10 +41,11 @@ class StoreBatches:
     """
 
     def __init__(self, store: FeatureStore, split: str, src: str, dst: str, *, batch: int,
-                 seed: int = 0, device: str = "cpu", window_rows: int = 1 << 20):
+                 place: Placement | None = None, seed: int = 0, window_rows: int = 1 << 20):
         self.xs, self.ys = store.features(split, src), store.features(split, dst)
         self.n = store.rows(split)
-        self.batch, self.device, self.window_rows = batch, device, window_rows
+        self.batch, self.window_rows = batch, window_rows
+        self.placement = place or placement("cpu")
         self.rng = np.random.default_rng(seed)
         self.chunk = int(self.xs.chunks[0])
         self._inner: ArrayBatches | None = None
@@ -58,7 +59,7 @@ class StoreBatches:
         x = np.concatenate([np.asarray(self.xs[a:b]) for a, b in spans])
         y = np.concatenate([np.asarray(self.ys[a:b]) for a, b in spans])
         seed = int(self.rng.integers(2**31))
-        return ArrayBatches(to_device(x, self.device), to_device(y, self.device), self.batch, seed)
+        return ArrayBatches(self.placement.put(x), self.placement.put(y), self.batch, seed)
 
     def __call__(self) -> tuple[Any, Any]:
         if self._left == 0:

@@ -289,6 +289,10 @@ class FeatureStore:
         info["chunk_rows"] = int(arr.chunks[0])
         return info
 
+    def chunk_checksums(self, split: str, name: str) -> list[int]:
+        """The recorded crc32c of every complete chunk of ``name``'s features in ``split`` (what the rows are)."""
+        return list(self._raw(split, name).attrs.get("chunk_crc32c") or [])
+
     @staticmethod
     def _complete(arr: zarr.Array, what: str) -> zarr.Array:
         done, rows = int(arr.attrs.get("rows_written", -1)), int(arr.shape[0])
