@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lintwin import AdamOptions, FeatureStore, RankWarning, fit
-from lintwin.api import maps_from_moments
-from lintwin.api import accumulate_folds_arrays
+from lintwin.api import accumulate_folds_arrays, maps_from_moments
 from lintwin.core.moments import Moments
 from lintwin.experiments.report import format_table
 from lintwin.networks.onnx_models import Head

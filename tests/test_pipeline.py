@@ -113,8 +113,7 @@ def test_head_refuses_features_of_the_wrong_dimension():
 def test_ridge_cv_by_top1_agreement_matches_refitting(store):
     """With the target's head, λ is chosen by held-out agreement; one value checked by brute force."""
     from lintwin import fit
-    from lintwin.api import fit_store
-    from lintwin.api import accumulate_folds
+    from lintwin.api import accumulate_folds, fit_store
     from lintwin.core.folds import image_folds
     from lintwin.solvers.agreement import agreement_path
     from lintwin.storage.source import StoreSource

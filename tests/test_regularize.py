@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from lintwin import FeatureStore, LintwinError, accumulate_arrays, evaluate, fit
-from lintwin.api import fit_store, maps_from_moments
-from lintwin.api import accumulate_folds
+from lintwin.api import accumulate_folds, fit_store, maps_from_moments
 from lintwin.core.folds import image_folds
 from lintwin.core.moments import Moments
 from lintwin.solvers.ridge_cv import _fold_errors, ridge_cv

@@ -16,15 +16,13 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from lintwin import FeatureStore
-from lintwin.api import fit_store
+from lintwin.api import accumulate_store, fit_store
 from lintwin.cli import app
-from lintwin.api import accumulate_store
-from lintwin.experiments.study import load_cached_moments, save_cached_moments
-from lintwin.storage.source import store_fingerprint
 from lintwin.errors import LintwinError, ModelError
-from lintwin.experiments.study import parse_bytes, resolve_heads, run_study
+from lintwin.experiments.study import load_cached_moments, parse_bytes, resolve_heads, run_study, save_cached_moments
 from lintwin.networks.head_maps import head_map, read_affine_head
 from lintwin.networks.onnx_models import Head
+from lintwin.storage.source import store_fingerprint
 
 runner = CliRunner()
 NETS = ("A", "B", "C", "D")
