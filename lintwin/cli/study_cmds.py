@@ -16,6 +16,8 @@ from ..experiments.study import resolve_heads, run_study
 from ..experiments.study_report import study_text, write_study
 from ..networks.images import open_images
 from ..networks.onnx_models import NetworkSpec
+from ..networks.stitch import check_stitched
+from ..networks.stitch import stitch as do_stitch
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
 from ._common import (
@@ -125,8 +127,6 @@ def study(
         echo(f"wrote {paths['report']}, {paths['json']}, {len([p for p in paths.values() if p.suffix == '.png'])} "
              f"heatmaps and {sum(len(k) for k in maps.values())} maps under {out}")
         if stitch_pair is not None:
-            from ..networks.stitch import stitch as do_stitch
-
             a, b = stitch_pair
             kind = "heads" if method.value == "heads" else "fitted"
             st = do_stitch(backbone, maps[kind][(a, b)], head_paths[nets.index(b)],
@@ -145,9 +145,6 @@ def stitch(
     count: Annotated[int, typer.Option(min=1, help="images to check")] = 256,
 ) -> None:
     """Write one ONNX model (image → B's logits through A's features and the map) and check it against the three steps."""
-    from ..networks.stitch import check_stitched
-    from ..networks.stitch import stitch as do_stitch
-
     with cli_errors():
         amap = AffineMap.load(map_file)
         st = do_stitch(backbone, amap, head, output)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.xp import device, solve_triangular
 
-__all__ = ["Scaled", "constant_units", "default_rcond", "estimate_condition", "expected_error", "inverse_frobenius", "moment_eps",
+__all__ = ["Scaled", "constant_units", "default_rcond", "estimate_condition", "expected_error", "inverse_norms", "moment_eps",
            "scale_system"]
 
 
@@ -48,16 +48,20 @@ def expected_error(inverse_frobenius: float, precision: str) -> float:
     return float(inverse_frobenius) * moment_eps(precision)
 
 
-def inverse_frobenius(L: Any, *, xp: Any, probes: int = 8, seed: int = 0) -> float:
-    """Estimate ``||R^-1||_F`` from the Cholesky factor of R (Hutchinson: ``E||R^-1 z||² = tr(R^-2)``)."""
+def inverse_norms(L: Any, *, xp: Any, probes: int = 8, seed: int = 0) -> tuple[float, float]:
+    """Estimate ``(||R^-1||_F, tr R^-1)`` from the Cholesky factor of R with the same random sign probes.
+
+    Hutchinson: for probes z with independent ±1 entries, ``E||R^-1 z||² = tr(R^-2) = ||R^-1||_F²`` and
+    ``E[zᵀ R^-1 z] = tr(R^-1)``.
+    """
     d = int(L.shape[0])
     if d == 0:
-        return 0.0
+        return 0.0, 0.0
     signs = np.random.default_rng(seed).integers(0, 2, size=(d, probes)) * 2.0 - 1.0
     z = xp.asarray(signs, dtype=L.dtype, device=device(L))
     w = solve_triangular(L, z, lower=True, xp=xp)
     y = solve_triangular(L, w, lower=True, trans=True, xp=xp)
-    return math.sqrt(float(xp.sum(y * y)) / probes)
+    return math.sqrt(float(xp.sum(y * y)) / probes), max(float(xp.sum(z * y)) / probes, 0.0)
 
 
 def constant_units(diag: Any, mean: Any, n: int, precision: str, *, xp: Any) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..core.xp import device, namespace, solve_triangular, to_numpy
-from .conditioning import default_rcond, estimate_condition, inverse_frobenius, scale_system
+from .conditioning import default_rcond, estimate_condition, inverse_norms, scale_system
 
 __all__ = ["Cholesky", "ScaledSystem", "factor", "symmetric_eigen"]
 
@@ -45,6 +45,7 @@ class Cholesky:
     L: Any | None
     condition: float | None = None     # Hager's 1-norm estimate of the scaled system's condition
     inverse_frobenius: float | None = None
+    inverse_trace: float | None = None
     reason: str | None = None          # why the factor is unusable (not positive definite, near-singular)
 
 
@@ -114,7 +115,7 @@ class ScaledSystem:
             out = Cholesky(None, reason="the normal equations are not positive definite (Cholesky failed)")
         else:
             cond = estimate_condition(R, L, xp=xp)
-            out = Cholesky(L, cond, inverse_frobenius(L, xp=xp))
+            out = Cholesky(L, cond, *inverse_norms(L, xp=xp))
             if cond * self.rcond > 1.0:
                 out.reason = f"the normal equations are near-singular (condition ≈ {cond:.2e} in the scaled space)"
         self._cholesky[ridge] = out

@@ -79,7 +79,7 @@ def solve_affine(
         if ch.reason is None:
             wt = solve_scaled(ch.L, rhs, sys.xp)
             info.update(solver="cholesky", rank=effective, retained_condition=ch.condition,
-                        inverse_frobenius=ch.inverse_frobenius)
+                        inverse_frobenius=ch.inverse_frobenius, inverse_trace=ch.inverse_trace)
             return _finish(sys.unscale(wt), mean_x, mean_y, info, label)
     wt = _truncated_solve(sys, rhs, ridge, info)
     if info["rank"] < effective:
@@ -112,7 +112,7 @@ def _truncated_solve(sys: ScaledSystem, rhs: Any, ridge: float, info: dict) -> A
                 condition_kind="2-norm, from the eigenvalues" + (" (a lower bound: the smallest eigenvalues are "
                                                                    "below the rounding floor)" if floor else ""),
                 retained_condition=(top / smallest) if smallest > 0 else math.inf,
-                inverse_frobenius=math.sqrt(float(xp.sum(inv * inv))))
+                inverse_frobenius=math.sqrt(float(xp.sum(inv * inv))), inverse_trace=float(xp.sum(inv)))
     return wt
 
 
@@ -128,6 +128,7 @@ def _finish(wt: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[
     cond = info.get("condition", float("inf"))
     # After a truncation this is the error of the truncated solution (set by the kept spectrum).
     info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"])
+    info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"])
     if info["expected_error"] > ERROR_WARN:
         hint = "use --precision float64" if info["precision"] == "float32" else "add a ridge (--ridge λ or auto)"
         warnings.warn(f"{label}: the scaled system's condition number is ≈ {cond:.2e}, so W is expected to be "
