@@ -46,6 +46,7 @@ from ..networks.onnx_models import Head, NetworkSpec, file_sha256
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
 from .compare import Regions
+from .result_views import StudyView
 
 __all__ = ["StudyResult", "parse_bytes", "resolve_heads", "run_study"]
 
@@ -102,8 +103,8 @@ def resolve_heads(store: FeatureStore, split: str, names: Sequence[str], heads: 
     return out
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(StudyView):
     """Everything a study measured; :meth:`as_dict` is the JSON written next to the pictures."""
 
     networks: list[str]
