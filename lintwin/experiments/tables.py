@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import string
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,8 +41,12 @@ class Table:
     legend: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        parts = ([self.title] if self.title else []) + [format_table(self.headers, self.rows)] + self.legend
-        return "\n".join(parts)
+        """Aligned text; the title and legend lines are wrapped at :data:`TEXT_WIDTH`."""
+        def wrap(line: str) -> str:
+            return textwrap.fill(line, TEXT_WIDTH, break_on_hyphens=False)
+
+        parts = ([wrap(self.title)] if self.title else []) + [format_table(self.headers, self.rows)]
+        return "\n".join(parts + [wrap(line) for line in self.legend])
 
     def width(self) -> int:
         """Columns the aligned text table needs (title and legend lines wrap; they are not counted)."""
