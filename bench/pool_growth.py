@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lintwin import FeatureStore
 from lintwin.experiments.compare import compare
-from lintwin.experiments.demo import compare_report
+from lintwin.experiments.compare_tables import compare_text
 from lintwin.networks.extract import extract_features
 from lintwin.networks.images import concat_images, open_images
 from lintwin.networks.onnx_models import Head, NetworkSpec
@@ -57,7 +57,7 @@ def main() -> None:
                                    eval_split="val")
             label = f"{pool}, ridge {ridge}"
             print(f"\n== {label}: {store.rows(pool)} fitting rows")
-            print(compare_report(result))
+            print(compare_text(result))
             summary[label] = {"rows": store.rows(pool), "table": result.table,
                               "chosen_ridge": [m.options.get("chosen_ridge") for m in maps]}
     (args.out / "pool_growth.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lintwin import AdamOptions, FeatureStore
 from lintwin.experiments.compare import compare
-from lintwin.experiments.demo import BUNDLED_MODELS, compare_report, write_compare_outputs
+from lintwin.experiments.compare_tables import compare_text
+from lintwin.experiments.demo import BUNDLED_MODELS, write_compare_outputs
 from lintwin.networks.extract import extract_features
 from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
 from lintwin.networks.onnx_models import Head, NetworkSpec
@@ -64,7 +65,7 @@ def run(store: FeatureStore, specs: list[NetworkSpec], out: Path, label: str, ad
         seconds = time.perf_counter() - t0
         print(f"\n== {label}, {method}" + (f" ({adam_iterations} iterations, paper settings otherwise)"
                                            if method == "adam" else f" (ridge {ridge})") + f": {seconds:.0f} s")
-        print(compare_report(result))
+        print(compare_text(result))
         write_compare_outputs(result, out / f"{label}_{method}", f"{label}: {method}")
         results[method] = {"seconds": seconds, **result.as_dict()}
     return results

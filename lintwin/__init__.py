@@ -57,7 +57,10 @@ __version__ = "0.2.0"
 def __getattr__(name: str):
     # The scikit-learn estimator is imported on first use, so scikit-learn stays optional.
     if name == "AffineMapRegressor":
-        from .estimator import AffineMapRegressor
-
+        try:
+            from .estimator import AffineMapRegressor
+        except ModuleNotFoundError as exc:
+            raise LintwinError(f"AffineMapRegressor needs scikit-learn ({exc.name} is missing): "
+                               "pip install 'lintwin[sklearn]'") from None
         return AffineMapRegressor
     raise AttributeError(f"module 'lintwin' has no attribute {name!r}")

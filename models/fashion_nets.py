@@ -16,7 +16,7 @@ Each is exported as ``NAME.backbone.onnx`` (image -> pooled post-ReLU features),
 ``NAME.head.onnx`` (features -> logits) and ``NAME.json`` (preprocessing, class count,
 test accuracy), and the composition is checked against the PyTorch model.
 
-    pip install torch==2.13.0 onnx      # CPU build
+    pip install torch==2.14.1 onnx
     python models/fashion_nets.py [--data /usr/share/datasets/fashion-mnist] [--only NAME ...] [--overwrite]
 
 Networks whose files already exist are skipped unless ``--overwrite`` is given, so the

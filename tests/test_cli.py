@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from lintwin import AffineMap
 from lintwin.cli import app
+from lintwin.experiments.demo import BUNDLED_MODELS
 
 runner = CliRunner()
 
@@ -175,3 +176,17 @@ def test_demo_without_the_data_set_says_how_to_get_it(tmp_path):
     r = run("demo", "--data", tmp_path / "none", "--out", tmp_path / "out", "-q")
     assert r.exit_code == 1
     assert "Error: Fashion-MNIST not found under" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
+
+
+def test_extract_without_the_data_set_names_the_package(tmp_path):
+    missing = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz"
+    r = run("extract", BUNDLED_MODELS / "fmnist-resnet.backbone.onnx", missing, "--store", tmp_path / "s.zarr", "-q")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert f"Error: no images at {missing}" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_solve_without_out_says_no_map_was_written(store):
+    r = run("solve", store, "--src", "inc", "--dst", "res", "-q")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[-1].startswith("no map written (no --out): give --out MAP.npz")

@@ -10,7 +10,8 @@ from conftest import SHARED
 from PIL import Image
 
 from lintwin import LintwinError
-from lintwin.networks.images import Augment, Preprocess, concat_images, open_images, random_resized_box, read_idx
+from lintwin.networks.images import concat_images, open_images, read_idx
+from lintwin.networks.preprocess import Augment, Preprocess, random_resized_box
 from lintwin.networks.onnx_models import NetworkSpec
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -73,6 +75,32 @@ def test_compare_table1_and_regions(store, tmp_path):
     assert reg.counts["A-M"] + reg.counts["--M"] == reg.fixed_by_map
     assert sum(v for k, v in reg.counts.items() if k[2] == "M") == ab["correct"]
     assert (maps[0].src, maps[0].dst, maps[0].weight.shape) == (NETS[0], NETS[1], (160, 128))
+    # Table 1 as results users know: item and attribute access, pandas, one-line repr
+    assert result["accuracy_ab"] == result.accuracy_ab == ab["percent"]
+    assert result.loss_ab == pytest.approx(result.accuracy_b - result.accuracy_ab)
+    assert result.agreement_ab == ab["agreement"]
+    frame = result.to_frame()
+    assert list(frame.index) == [r["description"] for r in result.table]
+    assert frame.loc[f"{NETS[0]}→{NETS[1]}", "percent"] == ab["percent"]
+    assert frame.loc[NETS[0], "percent_low"] <= frame.loc[NETS[0], "percent"] <= frame.loc[NETS[0], "percent_high"]
+    assert result.to_dict() == result.as_dict()
+    assert "\n" not in repr(result) and repr(result).startswith(f"CompareResult({NETS[0]} vs {NETS[1]}, 10000 val")
+    with pytest.raises(KeyError, match="not a value of this CompareResult"):
+        result["cka"]
+
+
+def test_swapped_heads_and_a_missing_eval_split_say_what_to_do(store, tmp_path):
+    heads = [str(BUNDLED_MODELS / f"{n}.head.onnx") for n in NETS]
+    r = runner.invoke(app, ["compare", str(store.path), "--a", NETS[0], "--b", NETS[1], "--head-a", heads[1],
+                            "--head-b", heads[0], "--out", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "did you swap --head-a and --head-b?" in r.stderr
+    r = runner.invoke(app, ["compare", str(store.path), "--a", NETS[0], "--b", NETS[1], "--head-a", heads[0],
+                            "--head-b", heads[1], "--eval-split", "test", "--out", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "split 'test' not in store" in r.stderr and "give one of 'val' with --eval-split" in r.stderr
+    assert "--eval-split train --in-sample" in r.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_cli_compare_and_score(store, tmp_path):
@@ -81,8 +109,11 @@ def test_cli_compare_and_score(store, tmp_path):
                             "--head-a", str(models / f"{NETS[0]}.head.onnx"),
                             "--head-b", str(models / f"{NETS[1]}.head.onnx"), "--out", str(tmp_path), "-q"])
     assert r.exit_code == 0, r.output
-    assert "Table 1 (10000 val images; maps fitted on train with lstsq):" in r.stdout
+    assert "Table 1 (10000 val images; maps fitted on train with least squares (lstsq)):" in r.stdout
     assert "mapped fmnist-resnet features fix" in r.stdout
+    table_lines = r.stdout.split("\n\n")[0].splitlines()[1:]
+    assert max(len(line) for line in table_lines) <= 100  # long names are aliased, with a legend
+    assert "where A = fmnist-resnet, B = fmnist-inception" in r.stdout
     data = json.loads((tmp_path / f"compare_{NETS[0]}_{NETS[1]}.json").read_text())
     assert [row["description"] for row in data["table"]] == [NETS[0], NETS[1], f"{NETS[0]}→{NETS[1]}",
                                                              f"{NETS[1]}→{NETS[0]}"]
@@ -93,6 +124,19 @@ def test_cli_compare_and_score(store, tmp_path):
     assert r.exit_code == 0, r.output
     mapped_pct = next(row["percent"] for row in data["table"] if row["description"] == f"{NETS[0]}→{NETS[1]}")
     assert f"({mapped_pct:.2f}%)" in r.stdout and "top-1 agreement with mapped" in r.stdout
+    # machine-readable output: stdout holds only the table or the JSON, and the header names the actual fit
+    base = ["compare", str(store.path), "--a", NETS[0], "--b", NETS[1], "--head-a", str(models / f"{NETS[0]}.head.onnx"),
+            "--head-b", str(models / f"{NETS[1]}.head.onnx"), "--out", str(tmp_path / "f"), "-q", "--bootstrap", "0"]
+    r = runner.invoke(app, base + ["--format", "json", "--ridge", "auto", "--folds", "3"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["maps"][0]["options"]["ridge"] == "auto"
+    r = runner.invoke(app, base + ["--format", "csv", "--ridge", "5,7"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(io.StringIO(r.stdout)))
+    assert rows[0][:4] == ["description", "mapping", "correct", "percent"] and len(rows) == 5
+    r = runner.invoke(app, base + ["--format", "markdown", "--ridge", "5,7"])
+    assert r.exit_code == 0, r.output
+    assert f"λ {NETS[0]}→{NETS[1]} = 5, λ {NETS[1]}→{NETS[0]} = 7" in r.stdout and "| description |" in r.stdout
     # the head of the other network is refused, with the reason
     r = runner.invoke(app, ["score", str(store.path), "--map", str(mp), "--head", str(models / f"{NETS[0]}.head.onnx")])
     assert r.exit_code == 1
@@ -183,7 +227,8 @@ def test_compare_refuses_swapped_heads_of_equal_dimension(small, tmp_path):
     assert ok.exit_code == 0, ok.output
     r = _compare(path, "fmnist-resnet", "twin", twin / "twin.head.onnx", resnet_head, tmp_path / "bad")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
-    assert "Error: twin.head.onnx is not the head of 'fmnist-resnet': its sha256 is" in r.stderr
+    assert ("Error: the heads fit the other networks: --head-a is the head the store records for 'twin' and "
+            "--head-b the one for 'fmnist-resnet'; did you swap --head-a and --head-b?") in r.stderr
     assert not (tmp_path / "bad").exists()  # nothing was written
     # a copy under the other network's file name is still refused: the hash decides, not the name
     renamed = tmp_path / "renamed"

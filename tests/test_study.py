@@ -258,6 +258,38 @@ def test_cli_study_writes_matrices_pictures_report(synth, tmp_path):
     for png in ("loss.png", "accuracy.png", "r2.png", "heads_loss.png", "similarity_cka.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "maps" / "fitted").glob("*.npz"))) == 12
+    # the same study in the other formats: stdout holds only the JSON, the CSV or the Markdown
+    common = ["study", str(store.path), "--nets", *NETS, "--heads", *map(str, heads), "--out", str(out),
+              "--device", "cpu", "-q", "--format"]
+    r = runner.invoke(app, common + ["json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["matrices"]["fitted"]["accuracy"] == data["matrices"]["fitted"]["accuracy"]
+    r = runner.invoke(app, common + ["csv"])
+    assert r.exit_code == 0, r.output
+    rows = r.stdout.strip().splitlines()
+    assert rows[0].startswith("maps,source,target,accuracy,loss") and len(rows) == 1 + 24
+    r = runner.invoke(app, common + ["markdown"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("**Top-1 accuracy (%)") and "| source \\ target | A | B | C | D |" in r.stdout
+
+
+def test_study_result_is_labelled_xarray_and_pandas(synth, tmp_path):
+    store, heads, _ = synth
+    res, _ = run_study(store, NETS, heads, precision="float64", device="cpu", out=tmp_path, progress=False,
+                       echo=lambda s: None)
+    acc = res["accuracy"]
+    assert acc.dims == ("source", "target") and list(acc.coords["source"].values) == list(NETS)
+    i, j = NETS.index("C"), NETS.index("A")
+    assert float(acc.sel(source="C", target="A")) == res.matrices["fitted"]["accuracy"][i][j]
+    assert float(res.loss.sel(source="A", target="A")) == 0.0
+    ds = res.to_xarray()
+    assert set(ds.data_vars) >= {"accuracy", "loss", "agreement", "r2", "cka", "svcca", "pwcca"}
+    assert float(ds["cka"].sel(source="A", target="B")) == float(ds["cka"].sel(source="B", target="A"))
+    assert ds.attrs["eval_split"] == "val" and res.to_xarray("heads").attrs["maps"] == "heads"
+    frame = res.to_frame()
+    assert len(frame) == 12 and frame.loc[("C", "A"), "accuracy"] == res.matrices["fitted"]["accuracy"][i][j]
+    assert "\n" not in repr(res) and "4 networks" in repr(res) and "median loss" in repr(res)
+    assert res.to_dict() == res.as_dict()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -161,3 +161,6 @@ def solve(
                 echo(f"wrote {plot_loss_curve({mp.name: mp.loss_curve}, path.with_name(path.stem + '.loss.png'))}")
             if "ridge_cv" in mp.stats:
                 echo(f"wrote {plot_ridge_cv(mp.stats['ridge_cv'], path.with_name(path.stem + '.cv.png'))}")
+        if out is None:
+            echo(f"no map written (no --out): give --out MAP.npz{', or a directory with --both,' if both else ''} "
+                 "to save the map(s) for score, stitch or compare")

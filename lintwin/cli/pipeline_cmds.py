@@ -12,11 +12,14 @@ from ..affine import AffineMap
 from ..core.params import parse_ridge
 from ..experiments.compare import compare as run_compare
 from ..experiments.compare import score as score_store
-from ..experiments.demo import BUNDLED_MODELS, compare_report, run_demo, write_compare_outputs
+from ..experiments.compare_tables import compare_output, compare_text
+from ..experiments.demo import BUNDLED_MODELS, run_demo, write_compare_outputs
 from ..experiments.report import plot_ridge_cv
+from ..experiments.tables import OutputFormat
 from ..networks.extract import default_workers, extract_features
-from ..networks.images import DEFAULT_FASHION_MNIST, Augment, concat_images, open_images
+from ..networks.images import DEFAULT_FASHION_MNIST, concat_images, open_images
 from ..networks.onnx_models import Head
+from ..networks.preprocess import Augment
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
 from ._common import (
@@ -142,6 +145,7 @@ def compare(
                                                         "95% intervals of every accuracy and loss (0: none)")] = 2000,
     dask: DaskOpt = None,
     quiet: QuietOpt = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="what to print: text, json (everything), csv (Table 1) or markdown")] = OutputFormat.text,
 ) -> None:
     """Fit both maps and print the paper's Table 1 and Fig. 5 regions for networks A and B."""
     with cli_errors():
@@ -156,16 +160,17 @@ def compare(
                                        fit_split=split, eval_split=eval_split, progress=not quiet,
                                        dask_client=client, rank=rank, folds=folds, in_sample=in_sample,
                                        ridge_criterion=ridge_criterion.value, bootstrap=bootstrap)
-        echo(compare_report(result))
+        say = echo if fmt is OutputFormat.text else (lambda text: typer.echo(text, err=True))
+        echo(compare_output(result, fmt))
         for m in maps:
             if "ridge_cv" in m.stats:
-                echo(ridge_summary(m))
+                say(ridge_summary(m))
         j, png = write_compare_outputs(result, out, f"{a} vs {b}")
         for m in maps:
             m.save(out / f"{m.src}_to_{m.dst}.npz")
             if "ridge_cv" in m.stats:
-                echo(f"wrote {plot_ridge_cv(m.stats['ridge_cv'], out / f'{m.src}_to_{m.dst}.cv.png')}")
-        echo(f"wrote {j}, {png} and the maps to {out}")
+                say(f"wrote {plot_ridge_cv(m.stats['ridge_cv'], out / f'{m.src}_to_{m.dst}.cv.png')}")
+        say(f"wrote {j}, {png} and the maps to {out}")
 
 
 @app.command()
@@ -186,5 +191,5 @@ def demo(
         result, paths = run_demo(data=data, models=models, out=out, method=method.value,
                                  adam=AdamOptions(iterations=iterations), train_limit=train_limit,
                                  workers=workers, precision=precision.value, progress=not quiet, echo=echo)
-        echo(compare_report(result))
+        echo(compare_text(result))
         echo(f"wrote {paths.json} and {paths.png} ({time.perf_counter() - t0:.0f} s)")

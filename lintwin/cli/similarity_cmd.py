@@ -12,31 +12,11 @@ import typer
 from ..core.files import atomic_write
 from ..errors import LintwinError
 from ..experiments.pair_similarity import pair_similarity
-from ..experiments.report import format_table, new_figure, save_figure
-from ..measures.similarity import DEFAULT_ALPHAS, Similarity
+from ..experiments.similarity_report import measure_label, plot_similarity, similarity_output
+from ..experiments.tables import OutputFormat
+from ..measures.similarity import DEFAULT_ALPHAS
 from ..storage.store import FeatureStore
 from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask
-
-_LABELS = {
-    "cka": "linear CKA",
-    "cka_debiased": "debiased linear CKA",
-    "cca_rho1": "CCA ρ1 (largest)",
-    "cca_mean_rho": "CCA mean ρ",
-    "cca_mean_rho2": "CCA mean ρ²",
-    "svcca": "SVCCA (mean ρ)",
-    "pwcca": "PWCCA",
-    "procrustes": "Procrustes distance (0..2)",
-}
-
-
-def _label(key: str, a: str, b: str) -> str:
-    if key.startswith("shape_angle["):
-        return f"shape angle α={key[12:-1]} (rad)"
-    for prefix, what in (("r2cv_", "R² CV ridge"), ("r2_", "R²")):
-        if key.startswith(prefix):
-            src, dst = (a, b) if key.endswith("_ab") else (b, a)
-            return f"{what} {src}→{dst}"
-    return _LABELS.get(key, key)
 
 
 def _finite(x: Any) -> Any:
@@ -50,41 +30,6 @@ def _finite(x: Any) -> Any:
     if isinstance(x, np.integer):
         return int(x)
     return x
-
-
-def _table(sim: Similarity, null: dict[str, Any] | None) -> str:
-    a, b = sim.names
-    rows = []
-    for key, v in sim.values.items():
-        row: list[object] = [_label(key, a, b), "—" if v is None else float(v)]
-        if null is not None:
-            s = null.get(key)
-            if s is None or s["mean"] is None:
-                row += ["—", "—"]
-            else:
-                row += [f"{s['mean']:.4f} ± {s['sd']:.2g}" if s["sd"] is not None else f"{s['mean']:.4f}",
-                        "—" if s["z"] is None else f"{s['z']:.1f}"]
-        rows.append(row)
-    headers = ["measure", "value"] + (["null mean ± sd", "z"] if null is not None else [])
-    return format_table(headers, rows)
-
-
-def _plot(sim: Similarity, path: Path) -> Path:
-    fig, ax = new_figure(1, 2, figsize=(11, 4))
-    ax[0, 0].plot(np.arange(1, len(sim.cca) + 1), sim.cca, lw=1.5)
-    ax[0, 0].set(xlabel="canonical direction", ylabel="canonical correlation ρ", ylim=(0, 1.02),
-                 title=f"CCA spectrum ({sim.names[0]} vs {sim.names[1]})")
-    for name, r2 in sim.r2.items():
-        vals = np.sort(r2[np.isfinite(r2)])[::-1]
-        ax[0, 1].plot(np.arange(1, len(vals) + 1) / max(len(vals), 1), vals, lw=1.5, label=f"{name} (train fit)")
-    for name, r2 in sim.r2_cv.items():
-        vals = np.sort(r2[np.isfinite(r2)])[::-1]
-        ax[0, 1].plot(np.arange(1, len(vals) + 1) / max(len(vals), 1), vals, lw=1, ls="--",
-                      label=f"{name} (CV ridge, held out)")
-    ax[0, 1].set(xlabel="fraction of target units (sorted)", ylabel="R² per target unit", ylim=(None, 1.02),
-                 title="linear predictivity per target unit")
-    ax[0, 1].legend(fontsize=8)
-    return save_figure(fig, path)
 
 
 @app.command("similarity")
@@ -104,8 +49,9 @@ def similarity_cmd(
     block_rows: Annotated[int | None, typer.Option(min=1, help="rows per streamed block")] = None,
     dask: Annotated[str | None, typer.Option(help="accumulate on a Dask cluster (no debiased CKA, no CV R²)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="what to print: text, json (everything), csv or markdown (the table)")] = OutputFormat.text,
 ) -> None:
-    """Similarity of networks A and B on a split: CKA, CCA, SVCCA, PWCCA, shape metrics, R²; with --null K a z-score."""
+    """Similarity of networks A and B on a split: CKA, CCA, SVCCA, PWCCA, shape metrics, R²; with --null K p-values."""
     with cli_errors(), maybe_dask(dask) as client:
         if out is not None and out.exists() and not out.is_dir():
             raise LintwinError(f"--out {out} is a file; give a directory for the JSON and the PNG")
@@ -114,24 +60,28 @@ def similarity_cmd(
                               alphas=tuple(alpha) if alpha else DEFAULT_ALPHAS, precision=precision.value,
                               device=device.value, block_rows=block_rows, dask_client=client, progress=not quiet)
         sim, m = res.similarity, res.moments
-        echo(f"{a} vs {b} on {split!r}: {sim.n} rows, dims {m.dim_a} + {m.dim_b}, {precision.value} moments "
-             f"({res.seconds:.1f} s)")
-        echo(_table(sim, res.null_summary()))
+        null_summary = res.null_summary()
+        notes = res.null.notes(null_summary, lambda key: measure_label(key, a, b)) if res.null is not None else []
+        payload = _finite(res.as_dict())
+        say = echo if fmt is OutputFormat.text else (lambda text: typer.echo(text, err=True))
+        say(f"{a} vs {b} on {split!r}: {sim.n} rows, dims {m.dim_a} + {m.dim_b}, {precision.value} moments "
+            f"({res.seconds:.1f} s)")
+        echo(similarity_output(sim, null_summary, payload, fmt))
         info = sim.info
         dropped = {k: len(v) for k, v in info["constant_units"].items()}
-        echo(f"constant units dropped: {dropped}; rank kept (rcond {info['rcond']:.1e}, scaled space): {info['rank']}; "
-             f"SVCCA dims: {info['svcca']['dims']}; PWCCA weights from {info['pwcca_weights_from']}")
+        say(f"constant units dropped: {dropped}; rank kept (rcond {info['rcond']:.1e}, scaled space): {info['rank']}; "
+            f"SVCCA dims: {info['svcca']['dims']}; PWCCA weights from {info['pwcca_weights_from']}")
         if "ridge_cv" in info:
-            echo("CV ridge λ: " + ", ".join(f"{k} {v['chosen_ridge']:.4g}" for k, v in info["ridge_cv"].items()))
-        for note in info["notes"] + info.get("predictivity_notes", []):
+            say("CV ridge λ: " + ", ".join(f"{k} {v['chosen_ridge']:.4g}" for k, v in info["ridge_cv"].items()))
+        for note in notes + info["notes"] + info.get("predictivity_notes", []):
             typer.echo(f"Note: {note}", err=True)
         if out is not None:
             stem = f"similarity_{a}_{b}_{split}"
-            text = json.dumps(_finite(res.as_dict()), indent=2, allow_nan=False)
+            text = json.dumps(payload, indent=2, allow_nan=False)
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 path = atomic_write(out / f"{stem}.json", lambda fh: fh.write(text.encode()))
-                png = _plot(sim, out / f"{stem}.png")
+                png = plot_similarity(sim, out / f"{stem}.png")
             except OSError as exc:
                 raise LintwinError(f"cannot write to {out}: {exc.strerror or exc}") from None
-            echo(f"wrote {path} and {png}")
+            say(f"wrote {path} and {png}")

@@ -12,8 +12,10 @@ from typer.core import TyperCommand
 from ..affine import AffineMap
 from ..core.params import parse_bytes, parse_ridge
 from ..errors import LintwinError
+from ..experiments.hints import require_eval_split
 from ..experiments.study import resolve_heads, run_study
-from ..experiments.study_report import study_text, write_study
+from ..experiments.study_report import study_output, write_study
+from ..experiments.tables import OutputFormat
 from ..networks.images import open_images
 from ..networks.onnx_models import NetworkSpec
 from ..networks.stitch import check_stitched
@@ -98,40 +100,43 @@ def study(
     dask: DaskOpt = None,
     out: Annotated[Path, typer.Option(help="directory for the matrices, pictures, report, maps and saved moments")] = Path("runs/study"),
     quiet: QuietOpt = False,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="what to print: text, json (everything), csv (one row per ordered pair) or markdown")] = OutputFormat.text,
 ) -> None:
     """Map every ordered pair of N networks (one pass) and score all maps with every head (one more pass)."""
 
+    say = echo if fmt is OutputFormat.text else (lambda text: typer.echo(text, err=True))
     with cli_errors(), maybe_dask(dask) as client:
         if stitch_pair is not None:
             for name in stitch_pair:
                 if name not in nets:
                     raise LintwinError(f"--stitch {stitch_pair[0]} {stitch_pair[1]}: {name!r} is not among --nets")
         s = FeatureStore.open(store)
+        require_eval_split(s, eval_split, split, in_sample_option=False)
         head_paths = resolve_heads(s, eval_split, nets, heads, models)
         if stitch_pair is not None:  # refuse a missing sidecar before the passes, not after
             backbone = NetworkSpec.for_model(head_paths[nets.index(stitch_pair[0])]).backbone_path
         result, maps = run_study(s, nets, head_paths, method=method.value, ridge=parse_ridge(ridge), rank=rank,
                                  precision=precision.value, device=device.value, split=split, eval_split=eval_split,
                                  out=out, max_memory=parse_bytes(max_memory) if max_memory else None,
-                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=echo,
+                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=say,
                                  folds=folds, init=init.value,
                                  adam=AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed,
                                                   variant=adam_variant.value))
-        echo(study_text(result))
+        echo(study_output(result, fmt))
         for kind, kmaps in maps.items():
             folder = out / "maps" / kind
             folder.mkdir(parents=True, exist_ok=True)
             for mp in kmaps.values():
                 mp.save(folder / f"{mp.src}_to_{mp.dst}.npz")
         paths = write_study(result, out)
-        echo(f"wrote {paths['report']}, {paths['json']}, {len([p for p in paths.values() if p.suffix == '.png'])} "
-             f"heatmaps and {sum(len(k) for k in maps.values())} maps under {out}")
+        say(f"wrote {paths['report']}, {paths['json']}, {len([p for p in paths.values() if p.suffix == '.png'])} "
+            f"heatmaps and {sum(len(k) for k in maps.values())} maps under {out}")
         if stitch_pair is not None:
             a, b = stitch_pair
             kind = "heads" if method.value == "heads" else "fitted"
             st = do_stitch(backbone, maps[kind][(a, b)], head_paths[nets.index(b)],
                            out / "stitched" / f"{a}_to_{b}.onnx")
-            echo(f"wrote the stitched model {st.model} (image → {b}'s logits through {a}'s features), sidecar "
+            say(f"wrote the stitched model {st.model} (image → {b}'s logits through {a}'s features), sidecar "
                  f"{st.sidecar}; check it on images with lintwin stitch ... --images")
 
 

@@ -22,6 +22,8 @@ from ..errors import LintwinError, MapFileError, ModelError, ShapeError, StoreEr
 from ..measures.bootstrap import bootstrap_table
 from ..networks.onnx_models import Head, NetworkSpec
 from ..storage.store import FeatureStore
+from .hints import refuse_swapped_heads, require_eval_split
+from .result_views import CompareView
 from .scoring import Config, score_pass
 
 __all__ = ["CompareResult", "Regions", "check_head", "check_map", "compare", "predict_store", "score"]
@@ -152,8 +154,8 @@ class Regions:
         return cls(a, b, counts, int(np.sum(~hit_b)), int(np.sum(~hit_b & hit_ab)), int(np.sum(hit_b & ~hit_ab)))
 
 
-@dataclass
-class CompareResult:
+@dataclass(repr=False)
+class CompareResult(CompareView):
     a: str
     b: str
     method: str
@@ -186,12 +188,14 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     place = placement(device)
     if a == b:
         raise LintwinError(f"networks A and B are both {a!r}")
+    require_eval_split(store, eval_split, fit_split, in_sample_option=True)
     for name in (a, b):
         for sp in (fit_split, eval_split):
             store.features(sp, name)  # clear errors for unknown/incomplete names and splits
     for sp in {fit_split, eval_split}:
         store.check_paired(sp, [a, b])
     labels = _labels(store, eval_split)
+    refuse_swapped_heads(store, eval_split, a, b, head_a, head_b)
     check_head(store, eval_split, a, head_a)
     check_head(store, eval_split, b, head_b)
     if head_a.sha256 == head_b.sha256:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ..errors import LintwinError
 from ..networks.extract import extract_features
-from ..networks.images import DEFAULT_FASHION_MNIST, open_images
+from ..networks.images import DEFAULT_FASHION_MNIST, FASHION_MNIST_INSTALL, open_images
 from ..networks.onnx_models import Head, NetworkSpec
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
 from .compare import CompareResult, compare
-from .report import plot_regions, regions_text, table1_text
+from .report import plot_regions
 
 __all__ = ["BUNDLED_MODELS", "DemoPaths", "run_demo", "write_compare_outputs"]
 
@@ -37,29 +37,13 @@ def write_compare_outputs(result: CompareResult, out: Path, title: str) -> tuple
     return j, png
 
 
-def compare_report(result: CompareResult) -> str:
-    """Table 1 and both Fig. 5 region lists as text (labelled in-sample where the images were fitted on)."""
-    if result.in_sample:
-        head = (f"Table 1, IN-SAMPLE ({result.images} {result.eval_split} images that the maps were also fitted on "
-                f"[{result.fit_split}, {result.method}]; losses are not held-out figures):")
-    else:
-        head = f"Table 1 ({result.images} {result.eval_split} images; maps fitted on {result.fit_split} with {result.method}):"
-    parts = [head, table1_text(result.table), ""]
-    for reg in result.regions:
-        parts += [regions_text(reg), ""]
-    return "\n".join(parts).rstrip()
-
-
-INSTALL_HINT = "apt-get update && apt-get install dataset-fashion-mnist"
-
-
 def fashion_mnist_file(data: Path, part: str) -> Path:
     """The IDX images file ``part`` (train or t10k) of Fashion-MNIST under ``data``, gzipped or not."""
     for name in (f"{part}-images-idx3-ubyte.gz", f"{part}-images-idx3-ubyte"):
         if (data / name).is_file():
             return data / name
     raise LintwinError(f"Fashion-MNIST not found under {data} (no {part}-images-idx3-ubyte[.gz]); install the "
-                       f"Debian package with '{INSTALL_HINT}', or pass --data DIR")
+                       f"Debian package with '{FASHION_MNIST_INSTALL}', or pass --data DIR")
 
 
 def run_demo(*, data: Path = DEFAULT_FASHION_MNIST, models: Path = BUNDLED_MODELS, out: Path = Path("runs/demo"),

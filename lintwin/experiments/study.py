@@ -39,6 +39,7 @@ from ..solvers import fit_ridge_cv, maps_from_moments
 from ..storage.source import StoreSource, store_fingerprint
 from ..storage.store import FeatureStore
 from .compare import Regions
+from .result_views import StudyView
 from .scoring import Config, score_pass
 
 __all__ = ["StudyResult", "load_cached_moments", "parse_bytes", "resolve_heads", "run_study", "save_cached_moments"]
@@ -78,8 +79,8 @@ def resolve_heads(store: FeatureStore, split: str, names: Sequence[str], heads: 
     return out
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(StudyView):
     """Everything a study measured; :meth:`as_dict` is the JSON written next to the pictures."""
 
     networks: list[str]

@@ -5,49 +5,70 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..core.files import atomic_write, jsonable
-from .report import format_table, new_figure, save_figure
+from .report import new_figure, save_figure
 from .study import StudyResult
+from .tables import OutputFormat, Table, fit_width
 
-__all__ = ["plot_matrix", "study_markdown", "study_text", "write_study"]
+__all__ = ["accuracy_table", "matrix_figure", "pairs_table", "study_figures", "study_markdown", "study_output", "study_text", "write_study"]
 
-SIMILARITY_LABEL = {"cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation, 99% variance kept)",
-                    "pwcca": "PWCCA (projection-weighted canonical correlation)"}
+SIMILARITY_LABEL = {"cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation,\n99% of the variance kept)",
+                    "pwcca": "PWCCA (projection-weighted\ncanonical correlation)"}
 KIND_LABEL = {"fitted": "maps fitted on features (closed form)", "heads": "maps from the heads alone (no images)"}
 
 
-def plot_matrix(matrix: list[list[float | None]], names: list[str], path: Path, *, title: str, unit: str,
-                cmap: str = "viridis_r", fmt: str = "{:.2f}", center: float | None = None) -> Path:
-    """An N×N heatmap, source networks down, target networks across, every cell labelled with its value."""
+def matrix_figure(matrix: list[list[float | None]], names: list[str], *, title: str, unit: str,
+                  cmap: str = "viridis_r", fmt: str = "{:.2f}", center: float | None = None,
+                  identity: float | None = None, limits: tuple[float, float] | None = None) -> Figure:
+    """An N×N heatmap, every cell labelled with its value; sized to its labels so nothing is clipped.
+
+    Maps: source networks down, target networks across. A symmetric measure (``identity``: its
+    value for a network with itself, drawn on the diagonal) labels both axes "network".
+    """
     values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix])
-    size = 1.2 + 0.9 * len(names)
-    fig, axes = new_figure(figsize=(size + 2.2, size))
+    if identity is not None:
+        np.fill_diagonal(values, identity)
+    n = len(names)
+    label_in = 0.07 * max(len(x) for x in names) + 0.35       # 8-pt tick labels, and the axis label beside them
+    title_in = 0.085 * max(len(line) for line in title.splitlines()) + 0.3
+    cell = 0.72
+    width = max(label_in + n * cell + 1.6, title_in, 4.0)   # colour bar and its label: about 1.6 in
+    height = label_in + n * cell + 0.35 * (title.count("\n") + 1) + 0.5
+    fig, axes = new_figure(figsize=(width, height))
     ax = axes[0, 0]
     finite = values[np.isfinite(values)]
     kw: dict[str, Any] = {}
-    if center is not None and finite.size:
+    if limits is not None:
+        kw = {"vmin": limits[0], "vmax": limits[1]}
+    elif center is not None and finite.size:
         span = max(float(np.abs(finite - center).max()), 1e-12)
         kw = {"vmin": center - span, "vmax": center + span}
-    im = ax.imshow(values, cmap=cmap, **kw)
-    fig.colorbar(im, ax=ax, label=unit, shrink=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("target network (its head)")
-    ax.set_ylabel("source network (its features, mapped)")
-    for i in range(len(names)):
-        for j in range(len(names)):
+    im = ax.imshow(values, cmap=cmap, aspect="auto", **kw)
+    fig.colorbar(im, ax=ax, label=unit, shrink=0.9)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    if identity is not None:
+        ax.set_xlabel("network")
+        ax.set_ylabel("network")
+    else:
+        ax.set_xlabel("target network (its head)")
+        ax.set_ylabel("source network (features mapped)")
+    for i in range(n):
+        for j in range(n):
             if np.isfinite(values[i, j]):
                 r, g, b, _ = im.cmap(im.norm(values[i, j]))
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if dark else "black")
     ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def _pair_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,20 +94,52 @@ def _heads_summary(res: StudyResult) -> str:
             f"(largest difference {max(gaps):.2f} pp)")
 
 
-def study_text(res: StudyResult) -> str:
-    """The accuracy matrix of the main maps and the headline numbers, as plain text."""
-    kind = "heads" if res.method == "heads" else "fitted"
+def accuracy_table(res: StudyResult, name_of: Callable[[str], str] = str) -> Table:
+    """The accuracy matrix of the study's maps: source features down, target heads across."""
+    kind = res.kind
     acc = res.matrices[kind]["accuracy"]
-    rows = [[src] + [f"{v:.2f}" for v in acc[i]] for i, src in enumerate(res.networks)]
-    lines = [(f"Top-1 accuracy (%) on {res.images} {res.eval_split} images, {KIND_LABEL[kind]}; row = source "
-             "features, column = target head, diagonal = the network itself:"),
-             format_table(["source \\ target"] + res.networks, rows)]
+    rows: list[list[object]] = [[name_of(src)] + [f"{v:.2f}" for v in acc[i]] for i, src in enumerate(res.networks)]
+    return Table(["source \\ target"] + [name_of(n) for n in res.networks], rows,
+                 title=(f"Top-1 accuracy (%) on {res.images} {res.eval_split} images, {KIND_LABEL[kind]}; row = "
+                        "source features, column = target head, diagonal = the network itself:"))
+
+
+def _headline(res: StudyResult) -> list[str]:
+    kind = res.kind
+    lines = []
     med = res.median_loss(kind)
     if med is not None:
         lines.append(f"median loss over {len(res.ordered(kind))} ordered pairs: {med:.2f} pp")
     if kind == "fitted" and "heads" in res.pairs:
         lines.append(f"head-only maps (reproduce the source's logits, not its features): {_heads_summary(res)}")
-    return "\n".join(lines)
+    return lines
+
+
+def study_text(res: StudyResult) -> str:
+    """The accuracy matrix of the main maps and the headline numbers, as text at most 100 columns wide."""
+    return "\n".join([fit_width(lambda nm: accuracy_table(res, nm), res.networks).text()] + _headline(res))
+
+
+def pairs_table(res: StudyResult) -> Table:
+    """One row per ordered pair and kind of map: accuracy, loss, agreement, R², Fig. 5 counts."""
+    rows: list[list[object]] = []
+    for kind in res.matrices:
+        for r in res.ordered(kind):
+            rows.append([kind, r["src"], r["dst"], r["accuracy"], r["loss"], r["agreement"],
+                         r["feature_metrics"].get("r2"), r["target_errors"], r["fixed"], r["broken"]])
+    return Table(["maps", "source", "target", "accuracy", "loss", "agreement", "r2", "target_errors", "fixed",
+                  "broken"], rows)
+
+
+def study_output(res: StudyResult, fmt: OutputFormat) -> str:
+    """What ``study`` prints in ``fmt``: text, everything as JSON, one CSV row per ordered pair, or Markdown."""
+    if fmt is OutputFormat.text:
+        return study_text(res)
+    if fmt is OutputFormat.json:
+        return json.dumps(res.as_dict(), indent=1, default=jsonable, allow_nan=True)
+    if fmt is OutputFormat.csv:
+        return pairs_table(res).csv()
+    return "\n\n".join([accuracy_table(res).markdown()] + _headline(res))
 
 
 def study_markdown(res: StudyResult, pictures: dict[str, str]) -> str:
@@ -149,26 +202,32 @@ def study_markdown(res: StudyResult, pictures: dict[str, str]) -> str:
     return "\n".join(md) + "\n"
 
 
-def write_study(res: StudyResult, out: Path) -> dict[str, Path]:
-    """Write heatmaps, ``study.json`` and ``report.md`` under ``out``; return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
+def study_figures(res: StudyResult) -> dict[str, Figure]:
+    """Every heatmap a study writes, by file stem: loss, accuracy, R² (per kind of map) and similarity."""
+    figs: dict[str, Figure] = {}
     for kind, mats in res.matrices.items():
         tag = "" if kind == "fitted" else "heads_"
         label = KIND_LABEL[kind]
-        paths[f"{tag}loss"] = plot_matrix(mats["loss"], res.networks, out / f"{tag}loss.png",
-                                          title=f"loss (pp): target's own accuracy − mapped accuracy\n{label}",
-                                          unit="percentage points", cmap="RdBu_r", fmt="{:+.2f}", center=0.0)
-        paths[f"{tag}accuracy"] = plot_matrix(mats["accuracy"], res.networks, out / f"{tag}accuracy.png",
-                                              title=f"top-1 accuracy (%), {label}", unit="%", cmap="viridis")
-        paths[f"{tag}r2"] = plot_matrix(mats["r2"], res.networks, out / f"{tag}r2.png", fmt="{:.3f}",
-                                        title=f"R² of mapped against true target features\n{label}", unit="R²",
-                                        cmap="viridis")
+        figs[f"{tag}loss"] = matrix_figure(mats["loss"], res.networks,
+                                           title=f"loss (pp): target's own accuracy\n− mapped accuracy; {label}",
+                                           unit="percentage points", cmap="RdBu_r", fmt="{:+.2f}", center=0.0)
+        figs[f"{tag}accuracy"] = matrix_figure(mats["accuracy"], res.networks, title=f"top-1 accuracy (%)\n{label}",
+                                               unit="%", cmap="viridis")
+        figs[f"{tag}r2"] = matrix_figure(mats["r2"], res.networks, fmt="{:.3f}",
+                                         title=f"R² of mapped against true target features\n{label}", unit="R²",
+                                         cmap="viridis")
     for key, mat in res.similarity.items():
         if key in ("cka", "svcca", "pwcca"):
-            paths[f"similarity_{key}"] = plot_matrix(mat, res.networks, out / f"similarity_{key}.png", fmt="{:.3f}",
-                                                     title=f"{SIMILARITY_LABEL[key]} (symmetric, from the same moments)",
-                                                     unit=key, cmap="viridis")
+            figs[f"similarity_{key}"] = matrix_figure(
+                mat, res.networks, fmt="{:.3f}", unit=key, cmap="viridis", identity=1.0, limits=(0.0, 1.0),
+                title=f"{SIMILARITY_LABEL[key]}\nsymmetric, from the same moments; diagonal: a network with itself")
+    return figs
+
+
+def write_study(res: StudyResult, out: Path) -> dict[str, Path]:
+    """Write heatmaps, ``study.json`` and ``report.md`` under ``out``; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {stem: save_figure(fig, out / f"{stem}.png") for stem, fig in study_figures(res).items()}
     data = json.dumps(res.as_dict(), indent=1, default=jsonable, allow_nan=True)
     paths["json"] = atomic_write(out / "study.json", lambda fh: fh.write(data.encode()))
     md = study_markdown(res, {k: v.name for k, v in paths.items() if v.suffix == ".png"})

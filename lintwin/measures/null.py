@@ -3,8 +3,8 @@
 Each repetition pairs A's rows with B's rows of another position: B is read at a random cyclic
 row offset ``s`` (1 ≤ s < n) from A, and the rows of each B block are shuffled, so no image is
 paired with itself except by chance, while each side's own moments are unchanged. The same
-measures computed on these moments give K null samples; a measure is then reported as
-``(observed − null mean) / null sd``.
+measures computed on these moments give K null samples; a measure is then reported with its
+permutation p-value ``(1 + #null samples at least as alike) / (K + 1)`` (:meth:`NullResult.summary`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ __all__ = ["NullResult", "arrays_null", "permutation_null", "shifted_block", "sh
 Measure = Callable[[Moments], dict[str, float | None]]
 
 
+# Distances: a smaller value means more alike, so the null is "as extreme" at or below the observed value.
+LOWER_IS_MORE_ALIKE = ("procrustes", "shape_angle[")
+MIN_REPEATS_FOR_5_PERCENT = 19  # the smallest p-value K samples can give is 1 / (K + 1)
+DEGENERATE_SPREAD = 1e-6        # null sd at or below this share of its mean (or 1e-12): rounding, not spread
+
+
 @dataclass
 class NullResult:
     """Null samples per measure (``None`` where a repetition left a measure undefined)."""
@@ -40,21 +46,60 @@ class NullResult:
     samples: dict[str, list[float | None]] = field(default_factory=dict)
     shifts: list[int] = field(default_factory=list)
 
-    def summary(self, observed: dict[str, float | None]) -> dict[str, dict[str, float | None]]:
-        """Per measure: null mean, sd (ddof=1) and the z-score of ``observed`` (None when undefined)."""
+    def summary(self, observed: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+        """Per measure: the permutation p-value of ``observed``, the null's mean and sd, and what limits them.
+
+        ``p = (1 + #{null samples at least as alike as observed}) / (K + 1)`` over the K defined
+        samples (at least as large; at most as large for distances), one-sided in the direction
+        of "more alike" (Phipson & Smyth 2010: never 0, exact for exchangeable samples); values equal
+        up to rounding (relative 1e-6) count as ties.
+        ``status`` is ``ok``, ``few samples`` (K < 19: p cannot go below 0.05), ``degenerate``
+        (the null's sd is at the rounding level of its values: it has no spread to measure a z
+        against) or ``undefined``. ``z`` is given only when the status is ``ok``.
+        """
         out = {}
         for name, vals in self.samples.items():
             v = np.asarray([x for x in vals if x is not None], dtype=float)
-            mean = float(v.mean()) if v.size else None
-            sd = float(v.std(ddof=1)) if v.size > 1 else None
+            k = int(v.size)
+            mean = float(v.mean()) if k else None
+            sd = float(v.std(ddof=1)) if k > 1 else None
             obs = observed.get(name)
-            z = None if obs is None or mean is None or not sd else (obs - mean) / sd
-            out[name] = {"mean": mean, "sd": sd, "z": z, "samples": int(v.size)}
+            entry: dict[str, Any] = {"mean": mean, "sd": sd, "samples": k, "p": None, "p_min": None,
+                                     "as_alike": None, "z": None, "status": "undefined"}
+            if obs is not None and math.isfinite(obs) and k:
+                lower = name.startswith(LOWER_IS_MORE_ALIKE)
+                tie = DEGENERATE_SPREAD * max(abs(obs), 1e-6)  # equal up to rounding counts as a tie
+                alike = int(np.sum(v <= obs + tie)) if lower else int(np.sum(v >= obs - tie))
+                entry.update(p=(1 + alike) / (k + 1), p_min=1 / (k + 1), as_alike=alike,
+                             direction="smaller is more alike" if lower else "larger is more alike")
+                if sd is None or sd <= DEGENERATE_SPREAD * max(abs(mean or 0.0), 1e-6):
+                    entry["status"] = "degenerate"
+                elif k < MIN_REPEATS_FOR_5_PERCENT:
+                    entry["status"] = "few samples"
+                else:
+                    entry.update(status="ok", z=(obs - mean) / sd)
+            out[name] = entry
         return out
+
+    def notes(self, summary: dict[str, dict[str, Any]], label: Callable[[str], str] = str) -> list[str]:
+        """What a reader must know before trusting the p-values: too few samples, degenerate nulls."""
+        notes = []
+        k = max((e["samples"] for e in summary.values()), default=0)
+        if 0 < k < MIN_REPEATS_FOR_5_PERCENT:
+            notes.append(f"{k} null samples: the smallest p-value they can give is 1/(K+1) = {1 / (k + 1):.2g}, "
+                         f"and a null sd from {k} samples is too rough for a z-score; use --null "
+                         f"{MIN_REPEATS_FOR_5_PERCENT} or more for p < 0.05 (99 or more for p < 0.01)")
+        degenerate = [name for name, e in summary.items() if e["status"] == "degenerate"]
+        if degenerate:
+            notes.append("degenerate null (its samples do not vary beyond rounding, so no z-score) for "
+                         + ", ".join(label(name) for name in degenerate)
+                         + ": the measure takes the same value whatever the pairing (e.g. every canonical "
+                         "correlation is 1 when there are fewer rows than units)")
+        return notes
 
     def as_dict(self, observed: dict[str, float | None]) -> dict[str, Any]:
         return {"repeats": self.repeats, "seed": self.seed, "shifts": self.shifts, "summary": self.summary(observed),
-                "samples": self.samples}
+                "samples": self.samples, "p_value": "(1 + #null samples at least as alike as observed) / (K + 1)"}
 
 
 def shifted_block(read_b: Callable[[int, int], np.ndarray], lo: int, hi: int, n: int, shift: int,

@@ -63,11 +63,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..core.moments import Moments
 from ..core.params import check_alpha, check_svcca_keep
 from ..core.xp import device, namespace, to_numpy
 from ..errors import LintwinError
+from ..results import NamedResult, short_number
 from ..solvers import default_rcond, factor, maps_from_moments, ridge_cv
 from ..solvers.ridge_cv import fold_weights
 
@@ -76,9 +78,13 @@ __all__ = ["DEFAULT_ALPHAS", "Similarity", "similarity"]
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
 
 
-@dataclass
-class Similarity:
-    """Named similarity values of networks ``names[0]`` (A) and ``names[1]`` (B), with their spectra."""
+@dataclass(repr=False)
+class Similarity(NamedResult):
+    """Named similarity values of networks ``names[0]`` (A) and ``names[1]`` (B), with their spectra.
+
+    ``sim["cka"]`` or ``sim.cka`` is one value (``sim.keys()`` lists them), ``sim.to_frame()`` a
+    pandas DataFrame of all of them, ``sim.to_dict()`` everything, JSON-ready.
+    """
 
     names: tuple[str, str]
     n: int
@@ -88,6 +94,21 @@ class Similarity:
     r2: dict[str, np.ndarray]
     r2_cv: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def _named(self) -> dict[str, float | None]:
+        return self.values
+
+    def _summary(self) -> str:
+        shown = ", ".join(f"{k}={short_number(self.values[k])}" for k in ("cka", "svcca", "pwcca", "r2_ab", "r2_ba")
+                          if k in self.values)
+        return f"{self.names[0]} vs {self.names[1]}, n={self.n}, {shown}, ... ({len(self.values)} values)"
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per measure (index ``measure``), column ``value``; ``attrs`` name the networks and rows."""
+        frame = pd.DataFrame({"value": [np.nan if v is None else float(v) for v in self.values.values()]},
+                             index=pd.Index(list(self.values), name="measure"))
+        frame.attrs.update(networks=list(self.names), rows=self.n)
+        return frame
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: per-unit R² of constant target units are ``None``."""

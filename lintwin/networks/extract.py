@@ -31,8 +31,9 @@ from ..core.moments import check_finite
 from ..core.xp import row_spans
 from ..errors import LintwinError, ShapeError, StoreError
 from ..storage.store import FeatureStore, default_chunk_rows
-from .images import Augment, ImageSet, Preprocess, decode_image
+from .images import ImageSet, decode_image
 from .onnx_models import Backbone, Head, NetworkSpec
+from .preprocess import Augment, Preprocess
 
 __all__ = ["ExtractSummary", "default_workers", "extract_features"]
 

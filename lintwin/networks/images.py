@@ -1,10 +1,7 @@
-"""Image sources and preprocessing: folders (CSV or sub-folder labels), array files, IDX files.
+"""Image sources: folders (CSV or sub-folder labels), array files, IDX files.
 
 Every source is an ordered list of samples with a label and an id; pixels come out as
-uint8 arrays (H x W x C). Preprocessing follows a network's sidecar (interpolation, resize
-and centre crop in either order, scale, mean/std, channel order); training views add seeded
-random resized crops and flips, seeded per (image, view) so that any run reproduces the same
-pixels.
+uint8 arrays (H x W x C). What a network does with them is :mod:`lintwin.networks.preprocess`.
 """
 
 from __future__ import annotations
@@ -14,18 +11,19 @@ import gzip
 import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 
 from ..errors import LintwinError
 
-__all__ = ["Augment", "ImageSet", "Preprocess", "concat_images", "decode_image", "open_images", "read_idx"]
+__all__ = ["DEFAULT_FASHION_MNIST", "FASHION_MNIST_INSTALL", "ImageSet", "concat_images", "decode_image", "open_images",
+           "read_idx"]
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install dataset-fashion-mnist"
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -141,7 +139,10 @@ def open_images(spec: str | Path, *, labels_csv: str | Path | None = None, worke
     """
     path = Path(spec)
     if not path.exists():
-        raise LintwinError(f"no images at {path}")
+        hint = ""
+        if "fashion-mnist" in str(path).lower() or "idx3-ubyte" in path.name:
+            hint = f" (Fashion-MNIST: install the Debian package with '{FASHION_MNIST_INSTALL}')"
+        raise LintwinError(f"no images at {path}{hint}")
     if path.is_dir():
         csv_path = Path(labels_csv) if labels_csv else path / "labels.csv"
         if labels_csv and not csv_path.is_file():
@@ -299,214 +300,3 @@ def concat_images(sets: Sequence[ImageSet]) -> ImageSet:
         skipped=[k for s in sets for k in s.skipped],
         description=" + ".join(s.description for s in sets),
     )
-
-
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-_CROPS = ("resize_then_center_crop", "center_crop_then_resize")
-_PREPROCESS_KEYS = {"size", "channels", "resize", "mean", "std", "channel_order", "interpolation", "crop",
-                    "crop_fraction"}
-
-
-def _resample(name: str) -> Any:
-    from PIL import Image
-
-    return getattr(Image.Resampling, name.upper())
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training views: random resized crops (as torchvision's RandomResizedCrop) and horizontal flips.
-
-    ``scale`` bounds the crop's share of the image area, ``ratio`` its aspect (width / height);
-    with ``centre_view`` view 0 of every image is the plain (unaugmented) preprocessing.
-    """
-
-    scale: tuple[float, float] = (0.35, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
-    centre_view: bool = False
-
-    def __post_init__(self) -> None:
-        lo, hi = self.scale
-        if not 0 < lo <= hi <= 1:
-            raise LintwinError(f"augmentation scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max, got {self.ratio}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """A network's input pipeline, from its sidecar's ``preprocess`` entry.
-
-    ``crop`` is ``resize_then_center_crop`` (shorter side resized to ``resize``, then a
-    centre crop of ``size``, as torchvision's Resize + CenterCrop) or
-    ``center_crop_then_resize`` (a centre crop of ``crop_fraction`` of the shorter side with
-    the aspect of ``size``, then resized to ``size``, as TF / timm evaluation pipelines do).
-    Resizing uses Pillow's ``interpolation`` filter. Pixels are converted to ``channels``
-    (1 = grey, 3 = RGB/BGR by ``channel_order``), then ``(x / 255 - mean) / std`` per channel,
-    in NCHW float32. ``size`` is (height, width).
-    """
-
-    size: tuple[int, int]
-    channels: int = 3
-    resize: int | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    channel_order: str = "RGB"
-    interpolation: str = "bilinear"
-    crop: str = "resize_then_center_crop"
-    crop_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        h, w = self.size
-        if h < 1 or w < 1:
-            raise LintwinError(f"preprocess size must be positive, got {self.size}")
-        if self.channels not in (1, 3):
-            raise LintwinError(f"preprocess channels must be 1 or 3, got {self.channels}")
-        for key in ("mean", "std"):
-            v = getattr(self, key)
-            if len(v) not in (1, self.channels):
-                raise LintwinError(f"preprocess {key} needs 1 or {self.channels} values, got {len(v)}")
-        if any(not s > 0 for s in self.std):
-            raise LintwinError(f"preprocess std must be positive, got {list(self.std)}")
-        if self.channel_order.upper() not in ("RGB", "BGR"):
-            raise LintwinError(f"preprocess channel_order must be RGB or BGR, got {self.channel_order!r}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise LintwinError(f"preprocess interpolation must be one of {', '.join(_INTERPOLATIONS)}, "
-                               f"got {self.interpolation!r}")
-        if self.crop not in _CROPS:
-            raise LintwinError(f"preprocess crop must be one of {', '.join(_CROPS)}, got {self.crop!r}")
-        if self.crop == "center_crop_then_resize":
-            if self.crop_fraction is None or not 0 < self.crop_fraction <= 1:
-                raise LintwinError("crop center_crop_then_resize needs crop_fraction in (0, 1], "
-                                   f"got {self.crop_fraction}")
-            if self.resize is not None:
-                raise LintwinError("crop center_crop_then_resize takes crop_fraction, not resize")
-        elif self.crop_fraction is not None:
-            raise LintwinError("crop_fraction belongs to crop center_crop_then_resize")
-        if self.resize is not None and self.resize < max(self.size):
-            raise LintwinError(f"preprocess resize {self.resize} is smaller than the crop size {list(self.size)}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        """From a sidecar's ``preprocess`` entry; unknown keys are refused (a typo would go unseen)."""
-        if not isinstance(d, dict):
-            raise LintwinError(f"preprocess must be an object, got {type(d).__name__}")
-        unknown = sorted(set(d) - _PREPROCESS_KEYS)
-        if unknown:
-            raise LintwinError(f"unknown preprocess key(s) {', '.join(unknown)} (known: "
-                               f"{', '.join(sorted(_PREPROCESS_KEYS))})")
-        if "size" not in d:
-            raise LintwinError("preprocess needs size [height, width]")
-        try:
-            size = tuple(int(v) for v in d["size"])
-            resize = None if d.get("resize") is None else int(d["resize"])
-            frac = None if d.get("crop_fraction") is None else float(d["crop_fraction"])
-            mean = tuple(float(v) for v in d.get("mean", (0.0,)))
-            std = tuple(float(v) for v in d.get("std", (1.0,)))
-        except (TypeError, ValueError) as exc:
-            raise LintwinError(f"preprocess has a value of the wrong type ({exc})") from None
-        if len(size) != 2:
-            raise LintwinError(f"preprocess size must be [height, width], got {d['size']}")
-        return cls(size=size, channels=int(d.get("channels", 3)), resize=resize, mean=mean,  # type: ignore[arg-type]
-                   std=std, channel_order=str(d.get("channel_order", "RGB")),
-                   interpolation=str(d.get("interpolation", "bilinear")),
-                   crop=str(d.get("crop", "resize_then_center_crop")), crop_fraction=frac)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every setting, defaults included (what produced the features)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    # -- geometry ---------------------------------------------------------------------
-    def center_box(self, w: int, h: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-        """The plain view: ``(resized (w, h) or the image's, crop box (left, top, right, bottom))``.
-
-        For ``resize_then_center_crop`` the box is in the resized image (torchvision's
-        arithmetic: long side ``int(resize * long / short)``, offsets ``round((W - w) / 2)``);
-        for ``center_crop_then_resize`` in the original (TF's arithmetic: crop side
-        ``int(fraction * short)``, offsets ``(W - w + 1) // 2``).
-        """
-        th, tw = self.size
-        if self.crop == "center_crop_then_resize":
-            assert self.crop_fraction is not None
-            if h * tw <= w * th:  # height limits the box
-                ch, cw = int(self.crop_fraction * h), int(self.crop_fraction * h * tw / th)
-            else:
-                cw, ch = int(self.crop_fraction * w), int(self.crop_fraction * w * th / tw)
-            ch, cw = max(ch, 1), max(cw, 1)
-            top, left = (h - ch + 1) // 2, (w - cw + 1) // 2
-            return (w, h), (left, top, left + cw, top + ch)
-        if self.resize:
-            if w <= h:
-                w, h = self.resize, int(self.resize * h / w)
-            else:
-                w, h = int(self.resize * w / h), self.resize
-        top, left = round((h - th) / 2.0), round((w - tw) / 2.0)
-        return (w, h), (left, top, left + tw, top + th)
-
-    def pixels(self, img: np.ndarray, rng: np.random.Generator | None = None,
-               augment: Augment | None = None) -> np.ndarray:
-        """One image (H x W x C uint8) to the network's view as uint8 (h x w x channels)."""
-        from PIL import Image
-
-        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        pil = pil.convert("L" if self.channels == 1 else "RGB")
-        th, tw = self.size
-        filt = _resample(self.interpolation)
-        if rng is not None:
-            augment = augment or Augment()
-            box = random_resized_box(pil.size[0], pil.size[1], rng, augment.scale, augment.ratio)
-            pil = pil.crop(box).resize((tw, th), filt)
-            if augment.flip and rng.random() < 0.5:
-                pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        else:
-            size, box = self.center_box(*pil.size)
-            if self.crop == "center_crop_then_resize":
-                pil = pil.crop(box).resize((tw, th), filt)
-            else:
-                if size != pil.size:
-                    pil = pil.resize(size, filt)
-                if box != (0, 0) + pil.size:
-                    pil = pil.crop(box)
-        x = np.asarray(pil, dtype=np.uint8)
-        return x[..., None] if x.ndim == 2 else x
-
-    def normalize(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 views (N x h x w x C) to the network's input (N x C x h x w float32)."""
-        x = np.transpose(batch.astype(np.float32) / np.float32(255.0), (0, 3, 1, 2))
-        if self.channels == 3 and self.channel_order.upper() == "BGR":
-            x = x[:, ::-1]
-        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
-        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
-
-    def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None,
-                 augment: Augment | None = None) -> np.ndarray:
-        """One image (H x W x C uint8) to a (C x h x w) float32 array; ``rng`` adds augmentation."""
-        return self.normalize(self.pixels(img, rng, augment)[None])[0]
-
-
-def random_resized_box(w: int, h: int, rng: np.random.Generator, scale: tuple[float, float],
-                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params with a NumPy generator: (left, top, right, bottom)."""
-    area = w * h
-    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
-        cw, ch = round(np.sqrt(target * aspect)), round(np.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            return left, top, left + cw, top + ch
-    in_ratio = w / h
-    if in_ratio < min(ratio):
-        cw, ch = w, round(w / min(ratio))
-    elif in_ratio > max(ratio):
-        ch, cw = h, round(h * max(ratio))
-    else:
-        cw, ch = w, h
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return left, top, left + cw, top + ch

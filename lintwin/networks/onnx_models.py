@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LintwinError, ModelError, ShapeError
-from .images import Preprocess
+from .preprocess import Preprocess
 
 __all__ = ["Backbone", "Head", "NetworkSpec", "file_sha256"]
 
