@@ -62,7 +62,7 @@ def _sim(n_rows: int, da: int = 12, db: int = 9):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n_rows, da))
     b = a[:, :db] + 0.5 * rng.standard_normal((n_rows, db))
-    m = Moments(da, db, ("fmnist-inception", "fmnist-resnet-s1"), "float64", kernel=True).update(a, b)
+    m = Moments(da, db, names=("fmnist-inception", "fmnist-resnet-s1"), precision="float64", kernel=True).update(a, b)
     return similarity(m)
 
 

@@ -20,7 +20,7 @@ def sim():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((400, 6))
     b = a[:, :4] @ rng.standard_normal((4, 5)) + 0.3 * rng.standard_normal((400, 5))
-    return similarity(Moments(6, 5, ("inception", "resnet"), "float64", kernel=True).update(a, b))
+    return similarity(Moments(6, 5, names=("inception", "resnet"), precision="float64", kernel=True).update(a, b))
 
 
 def test_similarity_item_attribute_frame_and_repr(sim):
