@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,8 @@ import numpy as np
 
 from ..errors import LintwinError
 
-__all__ = ["Augment", "ImageSet", "Preprocess", "concat_images", "decode_image", "open_images", "read_idx"]
+__all__ = ["Augment", "ImageSet", "Preprocess", "augment_from_options", "concat_images", "decode_image", "json_int",
+           "open_images", "read_idx"]
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -44,9 +46,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise LintwinError(f"{path} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
-        raise LintwinError(f"{path} holds {arr.size} bytes of data, its header {shape} says "
-                           f"{int(np.prod(shape, dtype=np.int64))}")
+    claimed = math.prod(shape)  # Python integers: a header of 2^32-sized dimensions cannot overflow
+    if arr.size != claimed:
+        raise LintwinError(f"{path} holds {arr.size} bytes of data, its header {shape} says {claimed}")
     return arr.reshape(shape)
 
 
@@ -183,8 +185,9 @@ def _from_npz(path: Path) -> ImageSet:
 def _from_idx(path: Path) -> ImageSet:
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     images = read_idx(path)
-    if images.ndim != 3:
-        raise LintwinError(f"{path} holds a {images.ndim}-D array; an IDX images file is N x H x W")
+    if images.ndim != 3 or 0 in images.shape[1:]:
+        raise LintwinError(f"{path} holds an array of shape {images.shape}; an IDX images file is N x H x W, "
+                           "H and W at least 1")
     labels = read_idx(labels_path) if labels_path.exists() else np.full(len(images), -1)
     if labels.ndim != 1 or len(labels) != len(images):
         raise LintwinError(f"{labels_path} has {labels.shape} labels for {len(images)} images")
@@ -330,11 +333,47 @@ class Augment:
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise LintwinError(f"augmentation scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not (0 < self.ratio[0] <= self.ratio[1] and math.isfinite(self.ratio[1])):
+            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max < inf, got {self.ratio}")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def augment_from_options(augment: bool, *, scale: tuple[float, float] | None = None,
+                         ratio: tuple[float, float] | None = None, flip: bool | None = None,
+                         centre_view: bool = False) -> Augment | None:
+    """The augmentation ``extract``'s options ask for (None without ``--augment``).
+
+    A setting given without ``--augment`` would be silently ignored, so it is refused, as
+    ``--views`` above 1 is.
+    """
+    given = [opt for opt, value in (("--scale", scale), ("--ratio", ratio), ("--flip/--no-flip", flip),
+                                    ("--centre-view", centre_view or None)) if value is not None]
+    if not augment:
+        if given:
+            raise LintwinError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to augmented views: "
+                               "add --augment, or drop the option")
+        return None
+    default = Augment()
+    return Augment(scale=scale or default.scale, ratio=ratio or default.ratio,
+                   flip=default.flip if flip is None else flip, centre_view=centre_view)
+
+
+def _pixels_limit(h: int, w: int, what: str) -> None:
+    """Refuse image sizes Pillow would refuse as decompression bombs (more than ``MAX_IMAGE_PIXELS``)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and h * w > limit:
+        raise LintwinError(f"{what}: {h} x {w} = {h * w} pixels, more than Pillow's limit of {limit} pixels")
+
+
+def json_int(value: Any, key: str) -> int:
+    """A sidecar integer: a JSON integer, not a fraction (128.7 is not 128), a boolean or a string."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LintwinError(f"{key} must be a whole number, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -389,6 +428,9 @@ class Preprocess:
             raise LintwinError("crop_fraction belongs to crop center_crop_then_resize")
         if self.resize is not None and self.resize < max(self.size):
             raise LintwinError(f"preprocess resize {self.resize} is smaller than the crop size {list(self.size)}")
+        _pixels_limit(h, w, "preprocess size")
+        if self.resize is not None:
+            _pixels_limit(self.resize, self.resize, "preprocess resize")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
@@ -402,8 +444,9 @@ class Preprocess:
         if "size" not in d:
             raise LintwinError("preprocess needs size [height, width]")
         try:
-            size = tuple(int(v) for v in d["size"])
-            resize = None if d.get("resize") is None else int(d["resize"])
+            size = tuple(json_int(v, "preprocess size") for v in d["size"])
+            resize = None if d.get("resize") is None else json_int(d["resize"], "preprocess resize")
+            channels = json_int(d.get("channels", 3), "preprocess channels")
             frac = None if d.get("crop_fraction") is None else float(d["crop_fraction"])
             mean = tuple(float(v) for v in d.get("mean", (0.0,)))
             std = tuple(float(v) for v in d.get("std", (1.0,)))
@@ -411,7 +454,7 @@ class Preprocess:
             raise LintwinError(f"preprocess has a value of the wrong type ({exc})") from None
         if len(size) != 2:
             raise LintwinError(f"preprocess size must be [height, width], got {d['size']}")
-        return cls(size=size, channels=int(d.get("channels", 3)), resize=resize, mean=mean,  # type: ignore[arg-type]
+        return cls(size=size, channels=channels, resize=resize, mean=mean,  # type: ignore[arg-type]
                    std=std, channel_order=str(d.get("channel_order", "RGB")),
                    interpolation=str(d.get("interpolation", "bilinear")),
                    crop=str(d.get("crop", "resize_then_center_crop")), crop_fraction=frac)
@@ -468,6 +511,7 @@ class Preprocess:
                 pil = pil.crop(box).resize((tw, th), filt)
             else:
                 if size != pil.size:
+                    _pixels_limit(size[1], size[0], f"image of {pil.size[0]} x {pil.size[1]} resized")
                     pil = pil.resize(size, filt)
                 if box != (0, 0) + pil.size:
                     pil = pil.crop(box)
