@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.files import atomic_write
+
 if TYPE_CHECKING:
     from .compare import Regions
 
@@ -26,14 +28,16 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Lay out, write as PNG (creating the folder) and close ``fig``."""
+    """Lay out, write as PNG (creating the folder; atomically, as every output) and close ``fig``."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -38,6 +38,7 @@ from ..core.joint import (
     store_fingerprint,
 )
 from ..core.moments import Moments
+from ..core.safe_paths import checked_path
 from ..core.xp import to_numpy
 from ..errors import LintwinError, ModelError, StoreError
 from ..measures.similarity import similarity
@@ -146,11 +147,11 @@ def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, spli
 
     need = joint_bytes(dims)
     info: dict[str, Any] = {"joint_bytes": need, "max_memory": max_memory, "sum_dims": int(sum(dims))}
-    cache = out / "moments"
+    cache = checked_path(out, "moments", what="the --out folder")  # the cache never writes through a link
     if need <= max_memory:
         echo(f"joint moments of {len(names)} networks: Σd = {sum(dims)}, about {human_bytes(need)} with temporaries "
              f"(within the budget of {human_bytes(max_memory)}, --max-memory)")
-        path = cache / f"joint_{split}_{precision}.npz"
+        path = checked_path(cache, f"joint_{split}_{precision}.npz", what="the moments folder")
         fp = store_fingerprint(store, split, names)
         jm = JointMoments.load(path, fp)
         if jm is not None and tuple(jm.names) == tuple(names):
@@ -174,7 +175,7 @@ def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, spli
     t0 = time.perf_counter()
     reused = 0
     for a, b in itertools.combinations(names, 2):
-        path = cache / f"pair_{split}_{precision}_{a}__{b}.npz"
+        path = checked_path(cache, f"pair_{split}_{precision}_{a}__{b}.npz", what="the moments folder")
         fp = store_fingerprint(store, split, [a, b])
         jm = JointMoments.load(path, fp)
         if jm is None:

@@ -11,10 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..core.files import atomic_write, jsonable
+from ..core.outputs import check_output_dir
+from ..core.safe_paths import checked_path
 from .report import format_table, new_figure, save_figure
 from .study import StudyResult
 
-__all__ = ["plot_matrix", "study_markdown", "study_text", "write_study"]
+__all__ = ["STUDY_FOLDERS", "check_study_out", "plot_matrix", "study_markdown", "study_text", "write_study"]
+
+STUDY_FOLDERS = ("moments", "maps/fitted", "maps/heads", "stitched")  # what a study writes below --out
 
 SIMILARITY_LABEL = {"cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation, 99% variance kept)",
                     "pwcca": "PWCCA (projection-weighted canonical correlation)"}
@@ -147,6 +151,13 @@ def study_markdown(res: StudyResult, pictures: dict[str, str]) -> str:
     if pictures:
         md += ["", "Pictures: " + ", ".join(f"[{k}]({v})" for k, v in pictures.items()), ""]
     return "\n".join(md) + "\n"
+
+
+def check_study_out(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written, or a folder below it that is a link."""
+    check_output_dir(out, "--out")
+    for sub in STUDY_FOLDERS:
+        checked_path(out, sub, what="the --out folder")
 
 
 def write_study(res: StudyResult, out: Path) -> dict[str, Path]:
