@@ -63,6 +63,8 @@ class WriteLocks:
         if self.holds(split, key):
             return False
         path = self.root / self._rel(split, key)
+        if FileLock(path, timeout=0, thread_local=False, is_singleton=True).is_locked:
+            return False  # another store object of this process writes it: the caller's own doing
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:

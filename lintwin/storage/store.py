@@ -218,10 +218,11 @@ class FeatureStore:
         info["chunk_rows"] = int(arr.chunks[0])
         return info
 
-    @staticmethod
-    def _complete(arr: zarr.Array, what: str) -> zarr.Array:
+    def _complete(self, arr: zarr.Array, what: str, split: str, key: str) -> zarr.Array:
         done, rows = int(arr.attrs["rows_written"]), int(arr.shape[0])
         if done != rows:
+            if self._locks.busy_elsewhere(split, key):
+                raise StoreError(busy_message(self.path, split, key))
             raise StoreError(f"{what} are incomplete ({max(done, 0)} of {rows} rows written); "
                              "rerun the command that wrote them to resume")
         bad = chunk_problems(arr)
@@ -231,7 +232,8 @@ class FeatureStore:
 
     def features(self, split: str, name: str) -> zarr.Array:
         """The complete feature array of ``name`` in ``split`` (refuses half-written or damaged ones)."""
-        return self._complete(self._raw(split, name), f"features of {name!r} in split {split!r}")
+        return self._complete(self._raw(split, name), f"features of {name!r} in split {split!r}", split,
+                              f"features.{name}")
 
     def rows(self, split: str) -> int:
         """Row count shared by every network (and the labels) of ``split``."""
@@ -249,7 +251,7 @@ class FeatureStore:
         if arr is None:
             return None
         what = f"{key} of split {split!r}"
-        self._complete(arr, what)
+        self._complete(arr, what, split, key)
         try:
             return np.asarray(arr[:])
         except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
