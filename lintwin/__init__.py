@@ -17,7 +17,7 @@ from .api import (
 )
 from .core.fit_metrics import FitMetrics, paper_loss, row_cosine
 from .core.moments import Moments
-from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError
+from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError, UnsafePathError
 from .measures.similarity import Similarity, similarity
 from .solvers import AdamOptions, PrecisionWarning, RankWarning
 from .storage.store import FeatureStore
@@ -38,6 +38,7 @@ __all__ = [
     "ShapeError",
     "Similarity",
     "StoreError",
+    "UnsafePathError",
     "accumulate_arrays",
     "accumulate_store",
     "evaluate",

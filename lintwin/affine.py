@@ -17,6 +17,7 @@ from .errors import MapFileError, ShapeError
 __all__ = ["AffineMap"]
 
 _FORMAT = "lintwin.map/1"
+_ZIP = b"PK\x03\x04"  # how every .npz archive starts
 
 
 @dataclass
@@ -126,6 +127,13 @@ class AffineMap:
         path = Path(path)
         if not path.is_file():
             raise MapFileError(f"no map file at {path}")
+        try:
+            with path.open("rb") as fh:
+                signature = fh.read(4)
+        except OSError as exc:
+            raise MapFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if signature != _ZIP:
+            raise MapFileError(f"{path} is not a lintwin map file (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))

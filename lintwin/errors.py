@@ -25,3 +25,8 @@ class MapFileError(LintwinError):
 
 class ModelError(LintwinError):
     """An ONNX model cannot be loaded or does not have the expected inputs/outputs."""
+
+
+class UnsafePathError(LintwinError):
+    """A path leads where the user did not point: a symbolic link (or a FIFO, device or socket) inside a
+    store or output folder, or an output that would replace one of the command's inputs."""

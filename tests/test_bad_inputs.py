@@ -1,16 +1,22 @@
-"""Every mistake a user can make ends in one ``Error:`` line and a non-zero exit, with the store untouched.
+"""Every mistake a user can make ends in one ``Error:`` line and a non-zero exit, with nothing touched.
 
 Each row runs one command of the real CLI on a copy of a small real store (the bundled
-Fashion-MNIST networks' dimensions, real ONNX heads) after an optional ``damage`` step, and
-asserts: exit 1 (2 for Typer's own usage errors), exactly one ``Error: `` line on stderr
-and no traceback, and every file under the store byte-identical afterwards.
+Fashion-MNIST networks' dimensions, real ONNX heads and backbones) after an optional ``damage``
+step (which may also plant links, FIFOs, folders outside the store or copies of the models),
+and asserts: exit 1 (2 for Typer's own usage errors), exactly one ``Error: `` line on stderr
+and no traceback, within a minute (tampered counts once made commands hang), and every file,
+folder and link under the case's folder — the store, the map, the models, the folders outside
+the store — byte-identical afterwards: a refused command writes nothing anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from typer.testing import CliRunner
 
 from lintwin import AffineMap, FeatureStore
 from lintwin.cli import app
+from lintwin.storage.synthetic import write_synthetic_store
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "fashion"
 R, I = "fmnist-resnet", "fmnist-inception"  # 128- and 160-dim features
@@ -56,10 +63,21 @@ def template(tmp_path_factory) -> dict[str, Path]:
 
 
 def _tree_hash(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(path.rglob("*"))}
+    """Every entry under ``path``: files by content, folders, links by target, FIFOs by kind (never opened)."""
+    out = {}
+    for root, dirs, files in os.walk(path):  # os.walk does not descend into linked folders
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(path))
+            if p.is_symlink():
+                out[rel] = f"link to {os.readlink(p)}"
+            elif p.is_dir():
+                out[rel] = "dir"
+            elif p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[rel] = "special file"
+    return out
 
 
 # -- damage helpers: each takes the case's directory (with s.zarr, map.npz) -------------------------------
@@ -118,6 +136,85 @@ def zarr_v2(d: Path) -> None:
     g.attrs["lintwin"] = {"format": "lintwin.store/2"}
 
 
+def link_away(rel: str, plant: str | None = None) -> Callable[[Path], None]:
+    """Move ``rel`` to ``outside/`` (beside the store) and leave a symbolic link to it in its place; ``plant`` a
+    file of the user's there, which a write through the link would destroy."""
+    def go(d: Path) -> None:
+        target = d / "outside" / Path(rel).name
+        target.parent.mkdir(exist_ok=True)
+        shutil.move(d / rel, target)
+        (d / rel).symlink_to(target)
+        if plant:
+            (target / plant).parent.mkdir(parents=True, exist_ok=True)
+            (target / plant).write_text("the user's file\n")
+    return go
+
+
+def link_to(rel: str, target: str) -> Callable[[Path], None]:
+    """Replace ``rel`` by a symbolic link to ``target`` (both under the case's folder)."""
+    def go(d: Path) -> None:
+        p = d / rel
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        p.symlink_to(d / target)
+    return go
+
+
+def copy_store(name: str) -> Callable[[Path], None]:
+    return lambda d: shutil.copytree(d / "s.zarr", d / name, symlinks=True)
+
+
+def fifo(rel: str) -> Callable[[Path], None]:
+    def go(d: Path) -> None:
+        (d / rel).unlink()
+        os.mkfifo(d / rel)
+    return go
+
+
+def mkdir(rel: str) -> Callable[[Path], None]:
+    return lambda d: (d / rel).mkdir(parents=True)
+
+
+def models(*names: str) -> Callable[[Path], None]:
+    """Copy the bundled networks ``names`` (ONNX files and sidecars) into ``models/``."""
+    def go(d: Path) -> None:
+        (d / "models").mkdir(exist_ok=True)
+        for n in names:
+            for f in MODELS.glob(f"{n}.*"):
+                shutil.copyfile(f, d / "models" / f.name)
+    return go
+
+
+def synth_store_with_link(rel: str) -> Callable[[Path], None]:
+    """A second, synthetic store ``t.zarr`` whose ``rel`` is a link to a folder outside it."""
+    def go(d: Path) -> None:
+        write_synthetic_store(d / "t.zarr", train=20, val=10, dim_a=4, dim_b=3)
+        link_away(f"t.zarr/{rel}", plant="keep.txt")(d)
+    return go
+
+
+def v2_labels(d: Path) -> None:
+    """Replace the val labels with a zarr v2 array of the same values."""
+    shutil.rmtree(d / "s.zarr" / "val" / "labels")
+    arr = zarr.open_array(str(d / "s.zarr" / "val" / "labels"), mode="w", zarr_format=2, shape=(VAL,), dtype="int64")
+    arr[:] = np.arange(VAL) % 10
+
+
+def idx_header(shape: tuple[int, ...], data: bytes = b"") -> Callable[[Path], None]:
+    def go(d: Path) -> None:
+        (d / "x-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+                                                 + data)
+    return go
+
+
+def hard_link(rel: str, target: str) -> Callable[[Path], None]:
+    return lambda d: os.link(d / target, d / rel)
+
+
+def sidecar(name: str, edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Copy network ``name`` into ``models/`` and edit its sidecar there."""
+    return both(models(name), edit_json(f"models/{name}.json", edit))
+
+
 def both(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
     def go(d: Path) -> None:
         for f in fns:
@@ -145,6 +242,37 @@ SCORE = ["score", S, "--map", M, "--head", HI]
 COMPARE = ["compare", S, "--a", R, "--b", I, "--head-a", HR, "--head-b", HI, "-q", "--out", "{dir}/cmp"]
 IMPORT = ["import", "{dir}/f.npy", "--store", S, "--name", "new"]
 F = save("f.npy", _feats())
+IDS = write_text("ids.txt", "\n".join(f"train/{k:05d}.png" for k in range(TRAIN)))
+WITH_IDS = ["--ids", "{dir}/ids.txt"]
+BR = str(MODELS / f"{R}.backbone.onnx")
+IMAGES = save("imgs.npz", lambda: {"images": np.random.default_rng(2).integers(0, 256, (4, 28, 28), np.uint8),
+                                   "labels": np.arange(4)}, npz=True)
+EXTRACT = ["extract", BR, "{dir}/imgs.npz", "--store", "{dir}/new.zarr", "-q", "--workers", "1"]
+STUDY = ["study", S, "--nets", R, I, "--heads", HR, HI, "-q"]
+STITCH = ["stitch", "--backbone", f"{{dir}}/models/{R}.backbone.onnx", "--map", M, "--head",
+          f"{{dir}}/models/{I}.head.onnx", "-o"]
+FEATS_R = f"s.zarr/train/features/{R}/zarr.json"
+HUGE = 10**12
+
+
+def claim_chunks(n: int) -> Callable[[dict], None]:
+    """Edit an array's metadata to claim ``n`` complete chunks, with a checksum recorded for each."""
+    def go(m: dict) -> None:
+        chunk = m["chunk_grid"]["configuration"]["chunk_shape"][0]
+        claim_rows(n * chunk)(m)
+        crcs = m["attributes"]["chunk_crc32c"]
+        crcs += [0] * (n - len(crcs))
+    return go
+
+
+def claim_rows(rows: int, chunk: int | None = None) -> Callable[[dict], None]:
+    """Edit an array's metadata to claim ``rows`` rows, all written (and, optionally, chunks of ``chunk`` rows)."""
+    def go(m: dict) -> None:
+        m["shape"][0] = rows
+        m["attributes"].update(rows=rows, rows_written=rows)
+        if chunk is not None:
+            m["chunk_grid"]["configuration"]["chunk_shape"][0] = chunk
+    return go
 
 
 def case(cid, args, damage=None, *, code=1, match="", xfail=None):
@@ -261,7 +389,111 @@ CASES = [
     case("score-missing-head", ["score", S, "--map", M, "--head", "{dir}/nope.onnx"], match="nope.onnx"),
     case("score-text-head", ["score", S, "--map", M, "--head", "{dir}/h.onnx"], write_text("h.onnx", "x"),
          match="h.onnx"),
+    case("score-text-map-named-as-text", SCORE, write_text("map.npz", "not a map"), match="(not an .npz archive)"),
+    # -- links and special files inside a store: refused by every writer and reader, nothing outside touched --
+    case("import-through-linked-features-folder", IMPORT + WITH_IDS,
+         both(F, IDS, link_away("s.zarr/train/features", plant="new/keep.txt")), match="is a symbolic link"),
+    case("import-overwrite-array-linked-to-another-store", IMPORT[:-1] + [R, "--overwrite"] + WITH_IDS,
+         both(F, IDS, copy_store("other.zarr"), link_to(f"s.zarr/train/features/{R}",
+                                                        f"other.zarr/train/features/{R}")), match="symbolic link"),
+    case("import-linked-lock-folder", IMPORT + WITH_IDS, both(F, IDS, link_away("s.zarr/.lintwin-locks")),
+         match="symbolic link"),
+    case("import-linked-chunk-folder", IMPORT[:-1] + [R, "--overwrite"] + WITH_IDS,
+         both(F, IDS, link_away(f"s.zarr/train/features/{R}/c", plant="0/keep.txt")), match="symbolic link"),
+    case("synth-overwrite-linked-split", ["synth", "{dir}/t.zarr", "--train", "20", "--val", "10", "--dim-a", "4",
+                                          "--dim-b", "3", "--seed", "1", "--overwrite"], synth_store_with_link("val"),
+         match="symbolic link"),
+    case("extract-into-linked-split", EXTRACT[:4] + [S, "--split", "test", "-q", "--workers", "1"],
+         both(IMAGES, mkdir("outside/test"), lambda d: (d / "s.zarr" / "test").symlink_to(d / "outside" / "test")),
+         match="symbolic link"),
+    case("solve-linked-array-folder", SOLVE, both(copy_store("other.zarr"), link_to(
+        f"s.zarr/train/features/{I}", f"other.zarr/train/features/{I}")), match="symbolic link"),
+    case("solve-linked-chunk", SOLVE, link_to(_chunk("train", R, 1), _chunk("train", R, 0)),
+         match="chunk 1 (rows 128..255) is a symbolic link"),
+    case("info-metadata-is-a-fifo", ["info", S], fifo(FEATS_R), match="is a FIFO"),
+    case("check-reports-links", ["check", S, "-q"], link_to(_chunk("val", I, 1), _chunk("val", I, 0)),
+         match="symbolic link"),
+    # -- stitch never replaces the networks it reads --------------------------------------------------
+    case("stitch-o-over-the-source-network", STITCH + [f"{{dir}}/models/{R}.onnx"], models(R, I),
+         match="would replace"),
+    case("stitch-o-over-the-target-network", STITCH + [f"{{dir}}/models/{I}.onnx"], models(R, I),
+         match="would replace"),
+    case("stitch-o-hard-link-to-the-source", STITCH + ["{dir}/models/copy.onnx"],
+         both(models(R, I), hard_link("models/copy.backbone.onnx", f"models/{R}.backbone.onnx")),
+         match="would replace"),
+    case("stitch-o-over-the-map", STITCH[:4] + ["{dir}/m.onnx"] + STITCH[5:] + ["{dir}/m.onnx"],
+         both(models(R, I), lambda d: shutil.copyfile(d / "map.npz", d / "m.onnx")), match="would replace"),
+    case("stitch-o-unwritable", STITCH + ["/proc/lintwin-stitched.onnx"], models(R, I), match="accepts no new files"),
+    case("stitch-o-existing-folder", STITCH + ["{dir}/here.onnx"], both(models(R, I), mkdir("here.onnx")),
+         match="is a directory"),
+    # -- outputs checked before any work --------------------------------------------------------------
+    case("solve-out-unwritable", SOLVE + ["--out", "/proc/lintwin-map.npz"], match="accepts no new files"),
+    case("solve-out-fifo", SOLVE + ["--out", "{dir}/pipe"], lambda d: os.mkfifo(d / "pipe"),
+         match="not a regular file"),
+    case("compare-out-unwritable", COMPARE[:-1] + ["/proc/lintwin-cmp"], match="accepts no new files"),
+    case("study-out-unwritable", STUDY + ["--out", "/proc/lintwin-study"], match="accepts no new files"),
+    case("study-out-is-a-file", STUDY + ["--out", M], match="exists and is not a directory"),
+    case("study-moments-folder-linked-outside", STUDY + ["--out", "{dir}/st"],
+         both(mkdir("st"), mkdir("outside"), lambda d: (d / "st" / "moments").symlink_to(d / "outside")),
+         match="symbolic link"),
+    # -- refused names never create a store ------------------------------------------------------------
+    case("extract-dotdot-name-new-store", EXTRACT + ["--name", ".."], IMAGES, match="is not allowed"),
+    case("extract-slash-name-new-store", EXTRACT + ["--name", "a/b"], IMAGES, match="is not allowed"),
+    case("extract-dotdot-split-new-store", EXTRACT + ["--split", ".."], IMAGES, match="is not allowed"),
+    case("extract-empty-split-new-store", EXTRACT + ["--split", ""], IMAGES, match="is not allowed"),
+    # -- tampered counts and attributes: refused at once, never looped over ----------------------------
+    case("info-features-claim-1e12-rows", ["info", S], edit_json(FEATS_R, claim_rows(HUGE)), match="damaged"),
+    case("check-features-claim-1e12-rows", ["check", S, "-q"], edit_json(FEATS_R, claim_rows(HUGE)),
+         match="problem(s)"),
+    case("solve-features-claim-1e12-rows", SOLVE, edit_json(FEATS_R, claim_rows(HUGE)), match="damaged"),
+    case("info-labels-claim-1e12-rows", ["info", S], edit_json("s.zarr/val/labels/zarr.json", claim_rows(HUGE)),
+         match="labels of split 'val' are damaged"),
+    case("info-labels-one-chunk-of-1e12-rows", ["info", S],
+         edit_json("s.zarr/val/labels/zarr.json", claim_rows(HUGE, chunk=HUGE)), match="cannot hold"),
+    case("solve-claims-more-chunks-than-on-disk", SOLVE, edit_json(FEATS_R, claim_chunks(200)),
+         match="but 5 chunk(s) are on disk"),
+    case("solve-checksums-cut-short", SOLVE, edit_json(FEATS_R, lambda m: m["attributes"]["chunk_crc32c"].pop()),
+         match="checksum(s)"),
+    case("info-rows-written-deleted", ["info", S], edit_json(FEATS_R, lambda m: m["attributes"].pop("rows_written")),
+         match="rows_written missing"),
+    case("solve-rows-written-deleted", SOLVE, edit_json(FEATS_R, lambda m: m["attributes"].pop("rows_written")),
+         match="rows_written missing"),
+    case("solve-dim-deleted", SOLVE, edit_json(FEATS_R, lambda m: m["attributes"].pop("dim")),
+         match="dim missing"),
+    case("info-dim-edited", ["info", S], edit_json(FEATS_R, lambda m: m["attributes"].update(dim=3)),
+         match="disagrees with the array's shape"),
+    case("info-array-metadata-deleted", ["info", S], delete(FEATS_R), match="is missing"),
+    case("check-array-metadata-deleted", ["check", S, "-q"], delete(FEATS_R), match="is missing"),
+    case("info-zarr-v2-labels", ["info", S], v2_labels, match="zarr v2"),
+    case("score-zarr-v2-labels", SCORE, v2_labels, match="zarr v2"),
+    # -- extraction inputs ----------------------------------------------------------------------------
+    case("extract-idx-2-31-dims", EXTRACT[:2] + ["{dir}/x-images-idx3-ubyte"] + EXTRACT[3:],
+         idx_header((2**31, 2**31, 2**31)), match="its header"),
+    case("extract-idx-zero-width", EXTRACT[:2] + ["{dir}/x-images-idx3-ubyte"] + EXTRACT[3:],
+         idx_header((2**31, 0, 28)), match="H and W at least 1"),
+    case("extract-ratio-inf", EXTRACT + ["--augment", "--ratio", "inf,inf"], IMAGES, match="ratio"),
+    case("extract-scale-without-augment", EXTRACT + ["--scale", "0.5,1"], IMAGES, match="--scale only applies"),
+    case("extract-no-flip-without-augment", EXTRACT + ["--no-flip"], IMAGES, match="--flip/--no-flip only applies"),
+    case("extract-centre-view-without-augment", EXTRACT + ["--centre-view"], IMAGES,
+         match="--centre-view only applies"),
+    case("extract-sidecar-size-bomb", ["extract", f"{{dir}}/models/{R}.backbone.onnx"] + EXTRACT[2:],
+         both(IMAGES, sidecar(R, lambda m: m["preprocess"].update(size=[100000, 100000]))), match="Pillow's limit"),
+    case("extract-sidecar-fractional-feature-dim", ["extract", f"{{dir}}/models/{R}.backbone.onnx"] + EXTRACT[2:],
+         both(IMAGES, sidecar(R, lambda m: m.update(feature_dim=128.7))), match="whole number"),
+    case("extract-sidecar-head-outside-its-folder", ["extract", f"{{dir}}/models/{R}.backbone.onnx"] + EXTRACT[2:],
+         both(IMAGES, sidecar(R, lambda m: m.update(head=str(MODELS / f"{R}.head.onnx")))),
+         match="must be a file in the sidecar's folder"),
+    # -- import of unknown rows into a split whose rows are named --------------------------------------
+    case("import-without-ids-into-a-split-with-ids", IMPORT, F, match="names its rows"),
 ]
+
+
+class Hung(Exception):
+    pass
+
+
+def _hung(signum, frame):
+    raise Hung("the command ran for a minute: it hangs")
 
 
 @pytest.mark.parametrize("args, damage, code, match", CASES)
@@ -271,9 +503,15 @@ def test_bad_input_is_refused_with_one_line(template, tmp_path, args, damage, co
     if damage is not None:
         damage(tmp_path)
     argv = [a.format(store=tmp_path / "s.zarr", map=tmp_path / "map.npz", dir=tmp_path) for a in args]
-    before = _tree_hash(tmp_path / "s.zarr")
-    r = runner.invoke(app, argv)
-    after = _tree_hash(tmp_path / "s.zarr")
+    before = _tree_hash(tmp_path)
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(60)
+    try:
+        r = runner.invoke(app, argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    after = _tree_hash(tmp_path)
     assert r.exception is None or isinstance(r.exception, SystemExit), f"uncaught {r.exception!r}"
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
@@ -283,8 +521,9 @@ def test_bad_input_is_refused_with_one_line(template, tmp_path, args, damage, co
         assert match in errors[0], errors[0]
     else:  # Typer's usage error box names the option
         assert match in r.stderr, r.stderr
-    assert after == before, "the store changed"
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"the command changed {changed}"
 
 
-def test_the_table_has_at_least_40_rows():
-    assert len(CASES) >= 40
+def test_the_table_has_at_least_120_rows():
+    assert len(CASES) >= 120

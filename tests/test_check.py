@@ -92,13 +92,13 @@ def test_check_finds_damaged_labels_and_ids(store):
 
 def test_check_reports_incomplete_and_damaged_metadata(store):
     s = FeatureStore.open(store, mode="r+")
-    arr = s.open_features_for_write("train", "C", rows=1000, dim=4, chunk_rows=256, source="x")
+    arr = s.open_features_for_write("extra", "C", rows=1000, dim=4, chunk_rows=256, source="x")
     FeatureStore.write_rows(arr, 0, np.ones((300, 4), np.float32))
     s.close()
     meta = store / "val" / "features" / "B" / "zarr.json"
     meta.write_text(meta.read_text()[:-10])
     report = check_store(store)
-    assert "train/features/C: incomplete, 300 of 1000 rows written" in report.problems
+    assert "extra/features/C: incomplete, 300 of 1000 rows written" in report.problems
     assert any(p.startswith("val/features/B: features of 'B' in split 'val': metadata") and "is damaged" in p
                for p in report.problems)
 

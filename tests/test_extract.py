@@ -23,8 +23,8 @@ from lintwin.cli import app
 from lintwin.experiments.demo import BUNDLED_MODELS
 from lintwin.networks.extract import extract_features
 from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images
-from lintwin.networks.preprocess import Augment
 from lintwin.networks.onnx_models import Backbone, NetworkSpec
+from lintwin.networks.preprocess import Augment
 
 runner = CliRunner()
 NET = "fmnist-resnet"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from lintwin import LintwinError
 from lintwin.networks.images import concat_images, open_images, read_idx
-from lintwin.networks.preprocess import Augment, Preprocess, random_resized_box
 from lintwin.networks.onnx_models import NetworkSpec
+from lintwin.networks.preprocess import Augment, Preprocess, random_resized_box
 
 
 def _png(path, value, size=(40, 30)):

@@ -199,9 +199,15 @@ def test_an_array_with_no_rows_written_never_blocks_a_later_run(tmp_path):
 
 def test_overwrite_marks_the_old_array_incomplete_first(tmp_path):
     path = tmp_path / "s.zarr"
-    write_synthetic_store(path, train=300, dim_a=4, dim_b=3, chunk_rows=100)
+    ids = [f"img{i}.png" for i in range(300)]
+    s = FeatureStore.create(path)
+    for name, dim in (("A", 4), ("B", 3)):
+        arr = s.open_features_for_write("train", name, rows=300, dim=dim, chunk_rows=100, source="old", ids=ids)
+        FeatureStore.write_rows(arr, 0, np.ones((300, dim), np.float32))
+    s.close()
     s = FeatureStore.open(path, mode="r+")
-    arr = s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="new", overwrite=True)
+    arr = s.open_features_for_write("train", "A", rows=300, dim=4, chunk_rows=100, source="new", overwrite=True,
+                                    ids=ids)
     FeatureStore.write_rows(arr, 0, np.zeros((100, 4), np.float32))
     with pytest.raises(StoreError, match=r"incomplete \(100 of 300 rows"):
         FeatureStore.open(path).features("train", "A")
@@ -219,10 +225,14 @@ def test_paired_check_refuses_rows_of_other_samples(tmp_path):
         arr = s.open_features_for_write("train", name, rows=200, dim=3, ids=order)
         FeatureStore.write_rows(arr, 0, np.ones((200, 3), np.float32))
     assert s.ids("train").tolist() == ids
-    # an array of unknown rows (no ids) is not paired with arrays of known rows
-    arr = s.open_features_for_write("train", "D", rows=200, dim=3)
-    FeatureStore.write_rows(arr, 0, np.ones((200, 3), np.float32))
     assert len(list(s.iter_blocks("train", ["A", "B"]))) == 1
+    # an array of unknown rows (no ids) could never be paired with arrays of known rows: refused when written
+    with pytest.raises(StoreError, match="names its rows .* without the ids of their rows"):
+        s.open_features_for_write("train", "D", rows=200, dim=3)
+    # and one written elsewhere without ids (here: its stamp cleared) is refused by the read path
+    arr = s.open_features_for_write("train", "D", rows=200, dim=3, ids=ids)
+    FeatureStore.write_rows(arr, 0, np.ones((200, 3), np.float32))
+    arr.update_attributes({"ids_sha256": None})
     with pytest.raises(StoreError, match="written for different samples or sample orders"):
         list(s.iter_blocks("train", ["A", "D"]))
     with pytest.raises(StoreError, match="written for different samples"):
@@ -237,44 +247,96 @@ def test_deleted_chunk_is_refused_on_the_read_path(tmp_path):
         accumulate_store(FeatureStore.open(path), "A", "B", progress=False)
 
 
-_IMPORT_SCRIPT = """
-import sys, time
-import numpy as np
+_PAUSING_IMPORT = """
+import sys
+
+import zarr
+
 from lintwin.errors import LintwinError
 from lintwin.storage.importer import import_features
-t0 = time.time()
+from lintwin.storage.store import FeatureStore
+
+store, features, ids, point = sys.argv[1:5]
+
+
+def pause():
+    print("paused", flush=True)
+    sys.stdin.readline()
+
+
+if point == "locked":  # holds the array's lock; the old array is untouched
+    lock = FeatureStore._lock
+
+    def _lock(self, split, key):
+        lock(self, split, key)
+        if key == "features.A":
+            pause()
+
+    FeatureStore._lock = _lock
+elif point == "deleted":  # zarr has just removed the old array's folder; the new one is not there yet
+    delete_dir = zarr.storage.LocalStore.delete_dir
+
+    async def _delete_dir(self, prefix):
+        await delete_dir(self, prefix)
+        if prefix.endswith("features/A"):
+            pause()
+
+    zarr.storage.LocalStore.delete_dir = _delete_dir
+elif point == "writing":  # the new array holds its first chunk
+    write_rows = FeatureStore.write_rows
+
+    def _write_rows(arr, start, data):
+        write_rows(arr, start, data)
+        if start == 0 and arr.shape[1] == 8:
+            pause()
+
+    FeatureStore.write_rows = staticmethod(_write_rows)
 try:
-    import_features(sys.argv[1], sys.argv[2], name="A", overwrite=True, chunk_rows=4096)
-    print("ok", time.time() - t0)
+    import_features(store, features, name="A", overwrite=True, chunk_rows=1000, ids=ids)
+    print("ok", flush=True)
 except LintwinError as exc:
-    print("refused", exc)
+    print("refused", exc, flush=True)
 """
 
 
-def test_two_concurrent_overwriting_imports(tmp_path):
-    """Two processes importing into the same array: one writes, the other is refused at once; never spliced."""
+@pytest.mark.parametrize("point", ["locked", "deleted", "writing", "metadata-vanishing"])
+def test_two_concurrent_overwriting_imports(tmp_path, point):
+    """A second writer of an array that another process is replacing is refused with "another process is
+    writing", at every step of the replacement, and a reader never gets a half-replaced array. The first
+    writer is paused at each step (no timing involved), the others run meanwhile, then it finishes."""
     rng = np.random.default_rng(0)
+    rows, ids = 3000, tmp_path / "ids.txt"
+    ids.write_text("\n".join(f"img{i}.png" for i in range(rows)))
     files = []
-    for k in range(2):
-        f = tmp_path / f"f{k}.npy"
-        np.save(f, (rng.random((200_000, 64)) + k).astype(np.float32))
-        files.append(f)
+    for k in range(3):
+        files.append(tmp_path / f"f{k}.npy")
+        np.save(files[-1], (rng.random((rows, 8)) + k).astype(np.float32))
     store = tmp_path / "s.zarr"
-    write_synthetic_store(store, train=200_000, dim_a=64, dim_b=3, chunk_rows=4096)
+    import_features(store, files[0], name="A", chunk_rows=1000, ids=ids)
+    import_features(store, files[0], name="B", chunk_rows=1000, ids=ids)
     script = tmp_path / "imp.py"
-    script.write_text(_IMPORT_SCRIPT)
-    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(f)], stdout=subprocess.PIPE, text=True)
-             for f in files]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    refused = [o for o in outs if o.startswith("refused")]
-    done = [k for k, o in enumerate(outs) if o.startswith("ok")]
-    got = FeatureStore.open(store).features("train", "A")[:]
-    if refused:  # they overlapped: one was refused with a clear error
-        assert len(done) == 1 and "another process is writing 'A' of split 'train'" in refused[0]
-        np.testing.assert_array_equal(got, np.load(files[done[0]]))
-    else:  # one finished before the other started: the later one's rows, whole
-        assert any(np.array_equal(got, np.load(f)) for f in files)
+    script.write_text(_PAUSING_IMPORT)
+    pause = "writing" if point == "metadata-vanishing" else point
+    first = subprocess.Popen([sys.executable, str(script), str(store), str(files[1]), str(ids), pause],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "paused"
+    meta = store / "train" / "features" / "A" / "zarr.json"
+    if point == "metadata-vanishing":  # the instant between a reader listing the array and reading its metadata
+        meta.rename(tmp_path / "aside.json")
+    second = subprocess.run([sys.executable, str(script), str(store), str(files[2]), str(ids), "none"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert second.stdout.startswith("refused another process is writing 'A' of split 'train'"), second
+    if point == "locked":  # the old array is untouched so far: readers read it, whole
+        np.testing.assert_array_equal(FeatureStore.open(store).features("train", "A")[:], np.load(files[0]))
+    else:
+        with pytest.raises(StoreError, match="another process is writing 'A' of split 'train'"):
+            FeatureStore.open(store).features("train", "A")
+    if point == "metadata-vanishing":
+        (tmp_path / "aside.json").rename(meta)
+    out = first.communicate("go\n", timeout=120)[0]
+    assert first.returncode == 0 and out.strip().endswith("ok"), out
+    np.testing.assert_array_equal(FeatureStore.open(store).features("train", "A")[:], np.load(files[1]))
+    assert check_store(store).ok
 
 
 def test_concurrent_writer_is_refused_while_another_holds_the_array(tmp_path):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -113,25 +111,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 RIDGE_HELP = ("ridge λ on the weights: one number (both directions), two as 'λ_AB,λ_BA', or 'auto' for "
               "K-fold CV over images; λ is in units of the summed co-moments, so it grows with the row count")
 
-
-def check_writable_dir(path: Path, what: str) -> None:
-    """Refuse, before any work, an output directory that cannot be created or written (creating nothing)."""
-    if path.exists() and not path.is_dir():
-        raise LintwinError(f"{what} {path} exists and is not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise LintwinError(f"cannot write {what} {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LintwinError(f"cannot write {what} {path}: {existing} is not writable")
-
-
-def check_writable_file(path: Path, what: str) -> None:
-    """Refuse, before any work, an output file path that is a directory or whose folder cannot be written."""
-    if path.is_dir():
-        raise LintwinError(f"{what} {path} is a directory; give a file name")
-    check_writable_dir(path.parent, f"the folder of {what}")
 
 @contextmanager
 def maybe_dask(address: Optional[str]) -> Iterator[object]:

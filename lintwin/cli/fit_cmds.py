@@ -10,6 +10,7 @@ import typer
 
 from .. import api
 from ..affine import AffineMap
+from ..core.outputs import check_output_dir, check_output_file
 from ..core.params import parse_ridge
 from ..core.placement import placement
 from ..errors import LintwinError
@@ -36,8 +37,6 @@ from ._common import (
     QuietOpt,
     VariantOpt,
     app,
-    check_writable_dir,
-    check_writable_file,
     cli_errors,
     echo,
     maybe_dask,
@@ -51,11 +50,11 @@ OUT_HELP = ("where to write the map: a file path (written exactly there, an .npz
 def map_paths(out: Path, names: list[tuple[str, str]]) -> list[Path]:
     """The file(s) ``--out`` names: ``out`` itself for one map, ``out/SRC_to_DST.npz`` for each of two."""
     if len(names) == 1:
-        check_writable_file(out, "--out")
+        check_output_file(out, "--out")
         return [out]
     if out.suffix == ".npz":
         raise LintwinError("--both writes two maps: give --out a directory, not a .npz file")
-    check_writable_dir(out, "--out")
+    check_output_dir(out, "--out")
     return [out / f"{s}_to_{d}.npz" for s, d in names]
 
 

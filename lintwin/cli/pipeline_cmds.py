@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..affine import AffineMap
+from ..core.outputs import check_output_dir
 from ..core.params import parse_ridge
 from ..experiments.compare import compare as run_compare
 from ..experiments.compare import score as score_store
@@ -19,7 +20,7 @@ from ..experiments.tables import OutputFormat
 from ..networks.extract import default_workers, extract_features
 from ..networks.images import DEFAULT_FASHION_MNIST, concat_images, open_images
 from ..networks.onnx_models import Head
-from ..networks.preprocess import Augment
+from ..networks.preprocess import augment_from_options
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
 from ._common import (
@@ -42,7 +43,6 @@ from ._common import (
     RidgeCriterion,
     VariantOpt,
     app,
-    check_writable_dir,
     cli_errors,
     echo,
     maybe_dask,
@@ -50,8 +50,10 @@ from ._common import (
 )
 
 
-def _pair(value: str, option: str) -> tuple[float, float]:
-    """``MIN,MAX`` for --scale and --ratio."""
+def _pair(value: str | None, option: str) -> tuple[float, float] | None:
+    """``MIN,MAX`` for --scale and --ratio (None when not given)."""
+    if value is None:
+        return None
     try:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError:
@@ -70,9 +72,9 @@ def extract(
     augment: Annotated[bool, typer.Option(help="random resized crops and flips (seeded per image and view)")] = False,
     views: Annotated[int, typer.Option(min=1, help="views per image (more than 1 needs --augment)")] = 1,
     seed: Annotated[int, typer.Option(help="augmentation seed")] = 0,
-    scale: Annotated[str, typer.Option(help="augmentation: MIN,MAX share of the image area a crop covers")] = "0.35,1.0",
-    ratio: Annotated[str, typer.Option(help="augmentation: MIN,MAX aspect (width/height) of a crop")] = "0.75,1.3333333333333333",
-    flip: Annotated[bool, typer.Option(help="augmentation: flip half the views left-right")] = True,
+    scale: Annotated[str | None, typer.Option(help="augmentation: MIN,MAX share of the image area a crop covers (default 0.35,1.0)")] = None,
+    ratio: Annotated[str | None, typer.Option(help="augmentation: MIN,MAX aspect (width/height) of a crop (default 0.75,1.333)")] = None,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="augmentation: flip half the views left-right (default --flip)")] = None,
     centre_view: Annotated[bool, typer.Option("--centre-view", help="augmentation: view 0 of each image is the plain centre view")] = False,
     batch: Annotated[int, typer.Option(min=1, help="rows per backbone call (rounded up to whole images' views)")] = 64,
     workers: Annotated[int | None, typer.Option(min=1, help="processes decoding and preprocessing images (1: a thread; default: cores - 1, at most 8; results do not depend on it)")] = None,
@@ -83,8 +85,8 @@ def extract(
 ) -> None:
     """Run an ONNX backbone over images into a feature store (resumable; a rerun continues a killed run)."""
     with cli_errors():
-        aug = Augment(scale=_pair(scale, "--scale"), ratio=_pair(ratio, "--ratio"), flip=flip,
-                      centre_view=centre_view) if augment else False
+        aug = augment_from_options(augment, scale=_pair(scale, "--scale"), ratio=_pair(ratio, "--ratio"), flip=flip,
+                                   centre_view=centre_view) or False
         n_workers = default_workers() if workers is None else workers
         imgs = concat_images([open_images(p, labels_csv=labels_csv, workers=n_workers) for p in images])
         if imgs.skipped:
@@ -152,7 +154,7 @@ def compare(
         lam = parse_ridge(ridge)
         adam = AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed,
                            variant=adam_variant.value).validate()
-        check_writable_dir(out, "--out")
+        check_output_dir(out, "--out")
         s = FeatureStore.open(store)
         with maybe_dask(dask) as client:
             result, maps = run_compare(s, a, b, Head(head_a), Head(head_b), method=method.value, ridge=lam,
@@ -187,6 +189,7 @@ def demo(
 ) -> None:
     """The paper's experiment on the bundled Fashion-MNIST residual and Inception-style networks."""
     with cli_errors():
+        check_output_dir(out, "--out")
         t0 = time.perf_counter()
         result, paths = run_demo(data=data, models=models, out=out, method=method.value,
                                  adam=AdamOptions(iterations=iterations), train_limit=train_limit,

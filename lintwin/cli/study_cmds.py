@@ -14,11 +14,11 @@ from ..core.params import parse_bytes, parse_ridge
 from ..errors import LintwinError
 from ..experiments.hints import require_eval_split
 from ..experiments.study import resolve_heads, run_study
-from ..experiments.study_report import study_output, write_study
+from ..experiments.study_report import check_study_out, study_output, write_study
 from ..experiments.tables import OutputFormat
 from ..networks.images import open_images
 from ..networks.onnx_models import NetworkSpec
-from ..networks.stitch import check_stitched
+from ..networks.stitch import check_stitched, stitch_outputs
 from ..networks.stitch import stitch as do_stitch
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
@@ -105,7 +105,8 @@ def study(
     """Map every ordered pair of N networks (one pass) and score all maps with every head (one more pass)."""
 
     say = echo if fmt is OutputFormat.text else (lambda text: typer.echo(text, err=True))
-    with cli_errors(), maybe_dask(dask) as client:
+    with cli_errors():
+        check_study_out(out)
         if stitch_pair is not None:
             for name in stitch_pair:
                 if name not in nets:
@@ -115,13 +116,15 @@ def study(
         head_paths = resolve_heads(s, eval_split, nets, heads, models)
         if stitch_pair is not None:  # refuse a missing sidecar before the passes, not after
             backbone = NetworkSpec.for_model(head_paths[nets.index(stitch_pair[0])]).backbone_path
-        result, maps = run_study(s, nets, head_paths, method=method.value, ridge=parse_ridge(ridge), rank=rank,
-                                 precision=precision.value, device=device.value, split=split, eval_split=eval_split,
-                                 out=out, max_memory=parse_bytes(max_memory) if max_memory else None,
-                                 block_rows=block_rows, progress=not quiet, dask_client=client, echo=say,
-                                 folds=folds, init=init.value,
-                                 adam=AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations, seed=seed,
-                                                  variant=adam_variant.value))
+        with maybe_dask(dask) as client:
+            result, maps = run_study(s, nets, head_paths, method=method.value, ridge=parse_ridge(ridge), rank=rank,
+                                     precision=precision.value, device=device.value, split=split,
+                                     eval_split=eval_split, out=out,
+                                     max_memory=parse_bytes(max_memory) if max_memory else None,
+                                     block_rows=block_rows, progress=not quiet, dask_client=client, echo=say,
+                                     folds=folds, init=init.value,
+                                     adam=AdamOptions(lr=lr, decay=decay, batch=batch, iterations=iterations,
+                                                      seed=seed, variant=adam_variant.value))
         echo(study_output(result, fmt))
         for kind, kmaps in maps.items():
             folder = out / "maps" / kind
@@ -151,8 +154,10 @@ def stitch(
 ) -> None:
     """Write one ONNX model (image → B's logits through A's features and the map) and check it against the three steps."""
     with cli_errors():
+        inputs = [map_file] + ([images] if images is not None else [])
+        stitch_outputs(output, backbone, head, also=inputs)
         amap = AffineMap.load(map_file)
-        st = do_stitch(backbone, amap, head, output)
+        st = do_stitch(backbone, amap, head, output, also=inputs)
         echo(f"wrote {st.model} (image → {amap.dst}'s logits), {st.backbone.name} + {st.head.name} and the "
              f"sidecar {st.sidecar.name}")
         if images is not None:

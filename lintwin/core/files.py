@@ -1,36 +1,114 @@
-"""Writing files so that a kill never leaves a half-written one where a good one was."""
+"""Writing files so that a kill never leaves a half-written one where a good one was.
+
+Each file is written to a temporary file beside it (``.NAME.TOKEN.tmp``), flushed to disk and
+renamed over the target (``os.replace``: atomic within a directory, and it replaces a link at
+the target rather than writing through it). The temporary file is created with mode 0666 less
+the process's umask, as ``open`` creates files, so outputs are as readable as any other file
+the user makes. While it is being written it is held under an exclusive ``flock``; the next
+write of the same target removes temporaries that no live process holds (those of a killed
+write), so kills leave no litter behind.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import tempfile
-from collections.abc import Callable
+import re
+import secrets
+import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "jsonable"]
+__all__ = ["atomic_write", "atomic_write_all", "jsonable", "remove_stale_temporaries"]
+
+Writer = Callable[[IO[bytes]], object]
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
-
-    Readers see the old file or the complete new one, never a prefix: ``os.replace`` is atomic
-    within a directory, and the data is fsync'ed before the rename.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _temporaries(path: Path) -> list[Path]:
+    """Temporary files of writes of ``path`` (``.NAME.TOKEN.tmp`` beside it)."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]+\.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        return [path.parent / e.name for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return []
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries a killed write of ``path`` left; those a live writer holds are kept."""
+    removed = []
+    for tmp in _temporaries(Path(path)):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live write holds it
+            if os.lstat(tmp).st_ino == st.st_ino:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _new_temporary(path: Path) -> tuple[IO[bytes], Path]:
+    """A new temporary file beside ``path`` (0666 less the umask), open for writing and held under flock."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds a candidate only for a moment
+        try:
+            same = os.lstat(tmp).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # a cleaner of another write took it for stale between open and flock
+            same = False
+        if same:
+            return os.fdopen(fd, "wb"), tmp
+        os.close(fd)
+
+
+def atomic_write_all(writes: Sequence[tuple[str | Path, Writer]]) -> list[Path]:
+    """Write several files, each by ``write(fh)``, replacing the targets only once every one is complete.
+
+    An error (or a kill) while any file is written leaves every target as it was; the
+    renames that follow take microseconds and each is atomic.
+    """
+    pending: list[tuple[IO[bytes], Path, Path]] = []
+    try:
+        for target, write in writes:
+            path = Path(target)
+            remove_stale_temporaries(path)
+            fh, tmp = _new_temporary(path)
+            pending.append((fh, tmp, path))
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        for _, tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for fh, tmp, _ in pending:
+            fh.close()
+            if tmp.exists():
+                tmp.unlink()
+    return [path for _, _, path in pending]
+
+
+def atomic_write(path: str | Path, write: Writer) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+
+    Readers see the old file or the complete new one, never a prefix.
+    """
+    return atomic_write_all([(path, write)])[0]
 
 
 def jsonable(x: Any) -> Any:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.files import atomic_write
 from ..errors import LintwinError
 from ..networks.extract import extract_features
 from ..networks.images import DEFAULT_FASHION_MNIST, FASHION_MNIST_INSTALL, open_images
@@ -32,7 +33,8 @@ def write_compare_outputs(result: CompareResult, out: Path, title: str) -> tuple
     """Write the comparison as JSON and the Fig. 5 regions as PNG under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     j = out / f"compare_{result.a}_{result.b}.json"
-    j.write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    text = json.dumps(result.as_dict(), indent=2) + "\n"
+    atomic_write(j, lambda fh: fh.write(text.encode()))
     png = plot_regions(result.regions, out / f"fig5_{result.a}_{result.b}.png", title=title)
     return j, png
 

@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
+from ..core.files import atomic_write
+
 if TYPE_CHECKING:
     from .compare import Regions
 
@@ -26,10 +28,10 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG (creating the folder)."""
+    """Write ``fig`` as PNG (creating the folder; atomically, as every output)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     return path
 
 

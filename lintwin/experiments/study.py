@@ -31,6 +31,7 @@ from ..core.memory import available_memory, human_bytes, moments_bytes
 from ..core.moments import Moments
 from ..core.params import AdamOptions, FitSettings, parse_bytes
 from ..core.placement import DEFAULT_DEVICE, Placement, placement
+from ..core.safe_paths import checked_path
 from ..errors import LintwinError, ModelError, StoreError
 from ..measures.similarity import similarity
 from ..networks.head_maps import head_map, read_affine_head
@@ -145,11 +146,11 @@ def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, spli
 
     need = moments_bytes(dims)
     info: dict[str, Any] = {"joint_bytes": need, "max_memory": max_memory, "sum_dims": int(sum(dims))}
-    cache = out / "moments"
+    cache = checked_path(out, "moments", what="the --out folder")  # the cache never writes through a link
     if need <= max_memory:
         echo(f"joint moments of {len(names)} networks: Σd = {sum(dims)}, about {human_bytes(need)} with temporaries "
              f"(within the budget of {human_bytes(max_memory)}, --max-memory)")
-        path = cache / f"joint_{split}_{precision}.npz"
+        path = checked_path(cache, f"joint_{split}_{precision}.npz", what="the moments folder")
         fp = store_fingerprint(store, split, names)
         jm = load_cached_moments(path, fp)
         if jm is not None and jm.names == tuple(names):
@@ -173,7 +174,7 @@ def _fit_moments(store: FeatureStore, names: list[str], dims: list[int], *, spli
     t0 = time.perf_counter()
     reused = 0
     for a, b in itertools.combinations(names, 2):
-        path = cache / f"pair_{split}_{precision}_{a}__{b}.npz"
+        path = checked_path(cache, f"pair_{split}_{precision}_{a}__{b}.npz", what="the moments folder")
         fp = store_fingerprint(store, split, [a, b])
         jm = load_cached_moments(path, fp)
         if jm is None:

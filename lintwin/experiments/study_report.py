@@ -13,11 +13,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..core.files import atomic_write, jsonable
+from ..core.outputs import check_output_dir
+from ..core.safe_paths import checked_path
 from .report import new_figure, save_figure
 from .study import StudyResult
 from .tables import OutputFormat, Table, fit_width
 
-__all__ = ["accuracy_table", "matrix_figure", "pairs_table", "study_figures", "study_markdown", "study_output", "study_text", "write_study"]
+__all__ = ["STUDY_FOLDERS", "accuracy_table", "check_study_out", "matrix_figure", "pairs_table", "study_figures",
+           "study_markdown", "study_output", "study_text", "write_study"]
+
+STUDY_FOLDERS = ("moments", "maps/fitted", "maps/heads", "stitched")  # what a study writes below --out
 
 SIMILARITY_LABEL = {"cka": "linear CKA", "svcca": "SVCCA (mean canonical correlation,\n99% of the variance kept)",
                     "pwcca": "PWCCA (projection-weighted\ncanonical correlation)"}
@@ -200,6 +205,13 @@ def study_markdown(res: StudyResult, pictures: dict[str, str]) -> str:
     if pictures:
         md += ["", "Pictures: " + ", ".join(f"[{k}]({v})" for k, v in pictures.items()), ""]
     return "\n".join(md) + "\n"
+
+
+def check_study_out(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written, or a folder below it that is a link."""
+    check_output_dir(out, "--out")
+    for sub in STUDY_FOLDERS:
+        checked_path(out, sub, what="the --out folder")
 
 
 def study_figures(res: StudyResult) -> dict[str, Figure]:

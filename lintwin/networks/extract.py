@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ..core.moments import check_finite
 from ..core.xp import row_spans
 from ..errors import LintwinError, ShapeError, StoreError
-from ..storage.store import FeatureStore, default_chunk_rows
+from ..storage.layout import check_name, default_chunk_rows
+from ..storage.store import FeatureStore
 from .images import ImageSet, decode_image
 from .onnx_models import Backbone, Head, NetworkSpec
 from .preprocess import Augment, Preprocess
@@ -193,6 +194,9 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
     do not depend on it. ``overwrite`` replaces this network's array in the split.
     """
     store_path = Path(store_path)
+    check_name(split, "split")
+    if name is not None:
+        check_name(name)
     if len(images) == 0:
         raise ShapeError(f"no usable images in {images.description}")
     aug = Augment() if augment is True else (augment or None)
@@ -201,7 +205,7 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
     if batch < 1:
         raise LintwinError(f"batch must be at least 1, got {batch}")
     spec = NetworkSpec.for_model(backbone_path, sidecar)
-    name = name or spec.name
+    name = check_name(name or spec.name)
     net = Backbone(backbone_path)
     head_sha = _check_model(spec, net, images)
     rows = len(images) * views
@@ -216,6 +220,7 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
         store_path.rmdir()  # an empty folder: left by a run killed as it created the store (holds nothing)
     store = FeatureStore.create(store_path)
     try:
+        store.check_writable(split, [name], index=True)  # so nothing is removed before a refusal
         _clear(store, split, name if replace_array else None, replace_index)
         arr = store.open_features_for_write(
             split, name, rows=rows, dim=spec.feature_dim, chunk_rows=chunk, model_sha256=net.sha256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,9 +43,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise LintwinError(f"{path} is truncated inside its header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
-        raise LintwinError(f"{path} holds {arr.size} bytes of data, its header {shape} says "
-                           f"{int(np.prod(shape, dtype=np.int64))}")
+    claimed = math.prod(shape)  # Python integers: a header of 2^32-sized dimensions cannot overflow
+    if arr.size != claimed:
+        raise LintwinError(f"{path} holds {arr.size} bytes of data, its header {shape} says {claimed}")
     return arr.reshape(shape)
 
 
@@ -184,8 +185,9 @@ def _from_npz(path: Path) -> ImageSet:
 def _from_idx(path: Path) -> ImageSet:
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     images = read_idx(path)
-    if images.ndim != 3:
-        raise LintwinError(f"{path} holds a {images.ndim}-D array; an IDX images file is N x H x W")
+    if images.ndim != 3 or 0 in images.shape[1:]:
+        raise LintwinError(f"{path} holds an array of shape {images.shape}; an IDX images file is N x H x W, "
+                           "H and W at least 1")
     labels = read_idx(labels_path) if labels_path.exists() else np.full(len(images), -1)
     if labels.ndim != 1 or len(labels) != len(images):
         raise LintwinError(f"{labels_path} has {labels.shape} labels for {len(images)} images")

@@ -11,13 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from ..errors import LintwinError, ModelError, ShapeError
-from .preprocess import Preprocess
+from .preprocess import Preprocess, json_int
 
 __all__ = ["Backbone", "Head", "NetworkSpec", "file_sha256"]
 
@@ -31,6 +31,21 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _model_file(value: Any, key: str) -> str:
+    """A sidecar's ``backbone``/``head``: a relative path inside the sidecar's folder (no absolute path, no ``..``).
+
+    A network is the folder its sidecar is in: a sidecar naming files elsewhere would quietly
+    pair its preprocessing with another network's model.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise LintwinError(f"{key} must name a file, got {value!r}")
+    for pure in (PurePosixPath(value), PureWindowsPath(value)):
+        if pure.is_absolute() or pure.drive or ".." in pure.parts:
+            raise LintwinError(f"{key} {value!r} must be a file in the sidecar's folder (a relative path without "
+                               "'..'); copy or link the model there")
+    return value
 
 
 def _session(path: Path) -> Any:
@@ -60,6 +75,7 @@ class NetworkSpec:
     classes: int
     preprocess: Preprocess
     raw: dict
+    sidecar: Path | None = None
 
     @classmethod
     def for_model(cls, onnx_path: str | Path, sidecar: str | Path | None = None) -> NetworkSpec:
@@ -87,9 +103,10 @@ class NetworkSpec:
             unknown = sorted(set(d) - _SIDECAR_KEYS)
             if unknown:
                 raise KeyError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_SIDECAR_KEYS))})")
-            spec = cls(name=str(d["name"]), root=sidecar.parent, backbone_file=str(d["backbone"]),
-                       head_file=str(d["head"]), feature_dim=int(d["feature_dim"]), classes=int(d["classes"]),
-                       preprocess=Preprocess.from_dict(d["preprocess"]), raw=d)
+            spec = cls(name=str(d["name"]), root=sidecar.parent, backbone_file=_model_file(d["backbone"], "backbone"),
+                       head_file=_model_file(d["head"], "head"), feature_dim=json_int(d["feature_dim"], "feature_dim"),
+                       classes=json_int(d["classes"], "classes"), preprocess=Preprocess.from_dict(d["preprocess"]),
+                       raw=d, sidecar=sidecar)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, LintwinError) as exc:
             what = f"missing key {exc}" if type(exc) is KeyError and "unknown" not in str(exc) else str(exc).strip("'\"")
             raise ModelError(f"{sidecar} is not a valid network sidecar ({what})") from None

@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..errors import LintwinError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "Augment", "Preprocess", "random_resized_box"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "Augment", "Preprocess", "augment_from_options", "json_int",
+           "pixels_limit", "random_resized_box"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,11 +57,45 @@ class Augment:
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise LintwinError(f"augmentation scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not (0 < self.ratio[0] <= self.ratio[1] and math.isfinite(self.ratio[1])):
+            raise LintwinError(f"augmentation ratio must satisfy 0 < min <= max < inf, got {self.ratio}")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def augment_from_options(augment: bool, *, scale: tuple[float, float] | None = None,
+                         ratio: tuple[float, float] | None = None, flip: bool | None = None,
+                         centre_view: bool = False) -> Augment | None:
+    """The augmentation ``extract``'s options ask for (None without ``--augment``).
+
+    A setting given without ``--augment`` would be silently ignored, so it is refused, as
+    ``--views`` above 1 is.
+    """
+    given = [opt for opt, value in (("--scale", scale), ("--ratio", ratio), ("--flip/--no-flip", flip),
+                                    ("--centre-view", centre_view or None)) if value is not None]
+    if not augment:
+        if given:
+            raise LintwinError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to augmented views: "
+                               "add --augment, or drop the option")
+        return None
+    default = Augment()
+    return Augment(scale=scale or default.scale, ratio=ratio or default.ratio,
+                   flip=default.flip if flip is None else flip, centre_view=centre_view)
+
+
+def pixels_limit(h: int, w: int, what: str) -> None:
+    """Refuse image sizes Pillow would refuse as decompression bombs (more than ``MAX_IMAGE_PIXELS``)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and h * w > limit:
+        raise LintwinError(f"{what}: {h} x {w} = {h * w} pixels, more than Pillow's limit of {limit} pixels")
+
+
+def json_int(value: Any, key: str) -> int:
+    """A sidecar integer: a JSON integer, not a fraction (128.7 is not 128), a boolean or a string."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LintwinError(f"{key} must be a whole number, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -128,6 +163,10 @@ class Preprocess:
         if self.crop_mode is not None and self.crop_mode not in _TIMM_CROP_MODES:
             raise LintwinError(f"preprocess crop_mode must be one of {', '.join(_TIMM_CROP_MODES)}, "
                                f"got {self.crop_mode!r}")
+        pixels_limit(h, w, "preprocess size")
+        if self.resize is not None:
+            rh, rw = (self.resize, self.resize) if isinstance(self.resize, int) else self.resize
+            pixels_limit(rh, rw, "preprocess resize")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
@@ -143,7 +182,9 @@ class Preprocess:
         try:
             size = _hw(d["size"], "size")
             resize = None if d.get("resize") is None else (
-                int(d["resize"]) if isinstance(d["resize"], (int, float)) else _hw(d["resize"], "resize"))
+                json_int(d["resize"], "preprocess resize") if isinstance(d["resize"], (int, float))
+                else _hw(d["resize"], "resize"))
+            channels = json_int(d.get("channels", 3), "preprocess channels")
             frac = None if d.get("crop_fraction") is None else float(d["crop_fraction"])
             default_norm = (IMAGENET_MEAN, IMAGENET_STD) if preset in ("torchvision", "timm") else \
                 ((0.5,), (0.5,)) if preset == "tf" else ((0.0,), (1.0,))
@@ -152,7 +193,7 @@ class Preprocess:
             crop_pct = None if d.get("crop_pct") is None else float(d["crop_pct"])
         except (TypeError, ValueError) as exc:
             raise LintwinError(f"preprocess has a value of the wrong type ({exc})") from None
-        common = {"size": size, "channels": int(d.get("channels", 3)), "mean": mean, "std": std,
+        common = {"size": size, "channels": channels, "mean": mean, "std": std,
                   "channel_order": str(d.get("channel_order", "RGB")),
                   "interpolation": str(d.get("interpolation", "bilinear"))}
         if preset is None:
@@ -249,6 +290,7 @@ class Preprocess:
                 pil = pil.crop(box).resize((tw, th), filt)
             else:
                 if size != pil.size:
+                    pixels_limit(size[1], size[0], f"image of {pil.size[0]} x {pil.size[1]} resized")
                     pil = pil.resize(size, filt)
                 if box != (0, 0) + pil.size:
                     pil = pil.crop(box)
@@ -273,8 +315,9 @@ class Preprocess:
 def _hw(value: Any, key: str) -> tuple[int, int]:
     """``[height, width]``, or one int for a square."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value), int(value)
-    hw = tuple(int(v) for v in value)
+        side = json_int(value, f"preprocess {key}")
+        return side, side
+    hw = tuple(json_int(v, f"preprocess {key}") for v in value)
     if len(hw) != 2:
         raise LintwinError(f"preprocess {key} must be [height, width] or one number, got {value}")
     return hw  # type: ignore[return-value]

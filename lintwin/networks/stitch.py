@@ -5,12 +5,18 @@ Built with onnx's own composition tools: the map is a one-node Gemm graph made w
 the full model ``A_to_B.onnx`` go ``A_to_B.backbone.onnx`` (image → mapped features),
 ``A_to_B.head.onnx`` (B's head) and the sidecar ``A_to_B.json``, so lintwin can extract,
 score and compare the stitched network like any other.
+
+The four files are checked before any work (:func:`stitch_outputs`): none may be a folder or
+replace one of the inputs (the backbone, the head, their sidecars and the models those name,
+the map file), compared by resolved path and by inode. They are written as a set: all four
+are written to temporary files first and renamed into place only once every one is complete.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from ..affine import AffineMap
+from ..core.files import atomic_write_all
+from ..core.outputs import check_output_file
 from ..core.xp import to_numpy
-from ..errors import LintwinError, MapFileError, ModelError, ShapeError
+from ..errors import LintwinError, MapFileError, ModelError, ShapeError, UnsafePathError
 from .images import ImageSet
 from .onnx_models import Backbone, Head, NetworkSpec
 
-__all__ = ["StitchCheck", "check_stitched", "stitch"]
+__all__ = ["StitchCheck", "Stitched", "check_stitched", "stitch", "stitch_outputs"]
 
 
 def _load(path: Path) -> Any:
@@ -101,14 +109,59 @@ class Stitched:
     sidecar: Path
     name: str
 
+    @property
+    def files(self) -> list[Path]:
+        return [self.model, self.backbone, self.head, self.sidecar]
 
-def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | Path) -> Stitched:
-    """Write ``out`` (image → B's logits) and its lintwin parts and sidecar; refuse mismatched inputs."""
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` would replace ``b``: the same resolved path, or the same inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def stitch_outputs(out: str | Path, backbone: str | Path, head: str | Path, *,
+                   also: Sequence[str | Path] = ()) -> Stitched:
+    """The four files a stitch to ``out`` writes, checked before any work.
+
+    Each must be writable and not a folder, and none may replace an input: ``backbone``,
+    ``head``, ``also`` (e.g. the map file), the sidecars beside them and the models those name.
+    """
+    out = Path(out)
+    if out.suffix != ".onnx" or out.name == ".onnx":
+        raise LintwinError(f"the stitched model's file must end in .onnx, got {out.name}")
+    name = out.name[: -len(".onnx")]
+    paths = Stitched(out, out.with_name(f"{name}.backbone.onnx"), out.with_name(f"{name}.head.onnx"),
+                     out.with_name(f"{name}.json"), name)
+    for path in paths.files:
+        check_output_file(path, "-o" if path == out else "the stitched model's part")
+    inputs = [Path(backbone), Path(head), *(Path(p) for p in also)]
+    for spec in (_spec(Path(backbone)), _spec(Path(head))):
+        if spec is not None:
+            inputs += [p for p in (spec.sidecar, spec.backbone_path, spec.head_path) if p is not None]
+    for path in paths.files:
+        for source in inputs:
+            if source.exists() and _same_file(path, source):
+                raise UnsafePathError(f"-o {out} would replace {source}, an input of this stitch "
+                                      f"(it writes {', '.join(p.name for p in paths.files)}): choose another name "
+                                      "or folder")
+    return paths
+
+
+def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | Path, *,
+           also: Sequence[str | Path] = ()) -> Stitched:
+    """Write ``out`` (image → B's logits) and its lintwin parts and sidecar; refuse mismatched inputs.
+
+    ``also`` lists further inputs (the map's file) that the outputs must not replace.
+    """
     import onnx
 
     backbone, head, out = Path(backbone), Path(head), Path(out)
-    if out.suffix != ".onnx":
-        raise LintwinError(f"the stitched model's file must end in .onnx, got {out.name}")
+    paths = stitch_outputs(out, backbone, head, also=also)
     spec_a, spec_b = _spec(backbone), _spec(head)
     if spec_a is None:
         raise ModelError(f"no sidecar next to {backbone} (its preprocessing goes into the stitched model's sidecar)")
@@ -133,13 +186,7 @@ def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | P
         onnx.checker.check_model(full)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the stitched model does not pass onnx's checker: {str(exc)[:300]}") from None
-    name = out.name[: -len(".onnx")]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = Stitched(out, out.with_name(f"{name}.backbone.onnx"), out.with_name(f"{name}.head.onnx"),
-                     out.with_name(f"{name}.json"), name)
-    onnx.save(full, str(paths.model))
-    onnx.save(front, str(paths.backbone))
-    shutil.copyfile(head, paths.head)
+    name = paths.name
     classes = spec_b.classes if spec_b is not None else int(full.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
     sidecar = {
         "name": name,
@@ -154,7 +201,13 @@ def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | P
     }
     if spec_b is not None and "class_names" in spec_b.raw:
         sidecar["class_names"] = spec_b.raw["class_names"]
-    paths.sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+    model_bytes, front_bytes, head_bytes = full.SerializeToString(), front.SerializeToString(), head.read_bytes()
+    sidecar_bytes = (json.dumps(sidecar, indent=2) + "\n").encode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_all([(paths.model, lambda fh: fh.write(model_bytes)),
+                      (paths.backbone, lambda fh: fh.write(front_bytes)),
+                      (paths.head, lambda fh: fh.write(head_bytes)),
+                      (paths.sidecar, lambda fh: fh.write(sidecar_bytes))])
     return paths
 
 

@@ -1,9 +1,11 @@
 """``lintwin check``: verify every chunk of every array of a feature store.
 
-Each chunk must be present, be the chunk written there (its checksum equals the one recorded
-with ``rows_written``), decode (its crc32c matches its bytes and it decompresses), have the
-right shape, and, for features, hold only finite numbers. Arrays of one split must be complete,
-have one row count and be written for the same samples.
+Each array's metadata must be lintwin's, with every attribute present and counts that agree
+with each other and with the chunks on disk. Each chunk must be present, be the chunk written
+there (its checksum equals the one recorded with ``rows_written``), decode (its crc32c matches
+its bytes and it decompresses), have the right shape, and, for features, hold only finite
+numbers. Arrays of one split must be complete, have one row count and be written for the same
+samples. Nothing in the store may be a symbolic link or a special file (FIFO, device, socket).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import LintwinError
-from .store import FeatureStore, chunk_problems
+from ..core.safe_paths import irregular_entries
+from ..errors import LintwinError, UnsafePathError
+from .checksums import chunk_problems
+from .store import FeatureStore
 
 __all__ = ["CheckReport", "check_store"]
 
@@ -43,7 +47,8 @@ def _check_array(store: FeatureStore, split: str, key: str, report: CheckReport,
         else:
             arr = store._aux(split, key)
     except LintwinError as exc:
-        report.problems.append(f"{where}: {exc}")
+        if not isinstance(exc, UnsafePathError):  # links and special files are listed once, by check_store
+            report.problems.append(f"{where}: {exc}")
         report.lines.append(f"{where}: BAD metadata")
         return None
     report.arrays += 1
@@ -84,10 +89,19 @@ def check_store(path: str | Path, *, progress: bool = False) -> CheckReport:
     """Verify every chunk of every array of the store at ``path`` and report by split, array and chunk."""
     store = FeatureStore.open(path)
     report = CheckReport()
+    for rel, kind in irregular_entries(store.path):
+        report.problems.append(f"{rel}: {kind}; a store holds only directories and regular files (lintwin never "
+                               "reads or writes through links or special files inside it)")
     with tqdm(desc="check", unit="chunk", disable=not progress) as bar:
         for split in store.splits():
-            keys = [f"features/{n}" for n in store.networks(split)]
-            keys += [k for k in ("labels", "ids") if (store.path / split / k / "zarr.json").exists()]
+            try:
+                keys = [f"features/{n}" for n in store.networks(split)]
+                keys += [k for k in ("labels", "ids") if k in store._entries(split)]
+            except LintwinError as exc:
+                if not isinstance(exc, UnsafePathError):
+                    report.problems.append(f"{split}: {exc}")
+                report.lines.append(f"{split}: BAD")
+                continue
             counts = {k: _check_array(store, split, k, report, bar) for k in keys}
             sizes = {v for v in counts.values() if v is not None}
             if len(sizes) > 1:

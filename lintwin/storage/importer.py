@@ -13,7 +13,8 @@ import numpy as np
 from ..core.moments import check_finite
 from ..core.xp import row_spans
 from ..errors import LintwinError, NonFiniteError, ShapeError
-from .store import FeatureStore, check_name, default_chunk_rows
+from .layout import check_name, default_chunk_rows
+from .store import FeatureStore
 
 __all__ = ["import_features", "load_array", "load_ids"]
 

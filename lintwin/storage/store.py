@@ -1,170 +1,77 @@
 """The zarr feature store: per split, one row-chunked float32 array per network.
 
-Layout (a zarr v3 group; nothing else is opened)::
+:class:`FeatureStore` opens and creates stores, lists their splits and networks, hands out
+complete, verified arrays to readers and writes arrays, labels and ids. What a store is on
+disk, and what metadata is accepted, is in :mod:`.layout`; chunk checksums in
+:mod:`.checksums`; write locks in :mod:`.locks`; the read-ahead path in :mod:`.reader`; the
+rule that nothing below the store's path is a link, in :mod:`lintwin.core.safe_paths`.
 
-    STORE/                        attrs: {"lintwin": {"format": "lintwin.store/2"}}
-      <split>/                    e.g. train, val
-        features/<network>        float32 (rows x dim), chunks (chunk_rows, dim)
-                                  attrs: network, dim, rows, rows_written, chunk_crc32c, ids_sha256,
-                                  model_sha256, source, and what the writer adds (extra_attrs)
-        labels                    int64 (rows,)   optional; attrs rows, rows_written, chunk_crc32c
-        ids                       string (rows,)  optional, e.g. image file names; attrs also ids_sha256
-      .lintwin-locks/             one lock file per array being written (not part of the zarr hierarchy)
-
-Every chunk ends in a crc32c checksum (zarr's ``crc32c`` codec after compression), so a
-damaged or truncated chunk fails to decode. ``rows_written`` is advanced only after the rows
-before it are on disk, in the same metadata write as ``chunk_crc32c``, the stored checksum of
-every complete chunk in order: readers refuse incomplete arrays, missing chunks and chunks that
-are not the ones written there (a valid chunk copied over another), and writers resume from
-``rows_written``. ``ids_sha256`` identifies the rows (the split's sample ids), so arrays of
-different images, or of the same images in another order, are never paired.
+``rows_written`` is advanced only after the rows before it are on disk, in the same metadata
+write as ``chunk_crc32c``: readers refuse incomplete arrays, missing chunks and chunks that
+are not the ones written there, and writers resume from ``rows_written``. ``ids_sha256``
+identifies the rows (the split's sample ids), so arrays of different images, or of the same
+images in another order, are never paired.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
-from filelock import FileLock, Timeout
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from ..core.safe_paths import checked_path
 from ..core.xp import row_spans
 from ..errors import ShapeError, StoreError
+from . import reader
+from .checksums import chunk_problems, describe, stored_crc
+from .layout import (
+    FORMAT,
+    RESERVED_ATTRS,
+    check_array_meta,
+    check_counts_on_disk,
+    check_group_meta,
+    check_name,
+    chunk_file,
+    complete_chunks,
+    compressors,
+    default_chunk_rows,
+    ids_sha256,
+    is_name,
+    read_meta,
+    require_safe_numcodecs,
+)
+from .locks import WriteLocks, busy_message
 
 __all__ = ["FeatureStore", "check_name", "chunk_problems", "default_chunk_rows", "ids_sha256"]
 
-FORMAT = "lintwin.store/2"
-LOCK_DIR = ".lintwin-locks"
-_CHUNK_BYTES = 8 * 2**20
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-_RESERVED_ATTRS = {"network", "dim", "rows", "rows_written", "chunk_crc32c", "ids_sha256", "model_sha256", "source"}
-# What each lintwin array may be: its data type, rank and codecs (the last one always crc32c).
-_KINDS = {
-    "features": ("float32", 2, {"bytes", "blosc", "crc32c"}),
-    "labels": ("int64", 1, {"bytes", "zstd", "crc32c"}),
-    "ids": ("string", 1, {"vlen-utf8", "zstd", "crc32c"}),
-}
+
+@dataclass(frozen=True)
+class _FeaturesWrite:
+    """One planned feature write: where, what shape, and the attributes the array gets."""
+
+    split: str
+    name: str
+    rows: int
+    dim: int
+    chunk_rows: int | None
+    attrs: dict[str, Any]
+    overwrite: bool
+    ids: Sequence[str] | None
 
 
-def default_chunk_rows(dim: int) -> int:
-    """Rows per chunk so that one chunk holds about 8 MiB of float32 features."""
-    return int(max(256, min(65536, _CHUNK_BYTES // (4 * max(dim, 1)))))
-
-
-def check_name(value: str, what: str = "network") -> str:
-    """Refuse names that could escape or confuse the layout (``/``, ``..``, empty, control characters)."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value) or value == "zarr.json":
-        raise StoreError(f"{what} name {value!r} is not allowed: use 1 to 128 letters, digits, '.', '_', '+' "
-                         "or '-', starting with a letter or digit")
-    return value
-
-
-def ids_sha256(ids: Sequence[str]) -> str:
-    """The identity of a split's rows: sha256 of its sample ids, in order."""
-    return hashlib.sha256(json.dumps([str(i) for i in ids], ensure_ascii=False).encode()).hexdigest()
-
-
-def _require_safe_numcodecs() -> None:
-    from numcodecs import pickles
-
-    if getattr(pickles, "ALLOW_UNSAFE_PICKLE_DECODE", True):
-        raise StoreError(f"numcodecs {numcodecs.__version__} can unpickle data from a store, which can run code: "
-                         "install numcodecs>=0.16.6 and unset NUMCODECS_ALLOW_UNSAFE_PICKLE_DECODE")
-
-
-def _compressors(kind: str) -> tuple:
-    # lz4 + byte shuffle decompresses at several GB/s, so reading keeps up with the GEMMs;
-    # crc32c after compression makes any damaged chunk fail to decode.
-    if kind == "features":
-        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-    return (ZstdCodec(level=3), Crc32cCodec())
-
-
-def _read_meta(node: Path, what: str) -> dict[str, Any]:
+def _holds_something(folder: str) -> bool:
+    """Whether a folder holds more than zarr's temporary files (what a run killed while creating a node leaves)."""
     try:
-        meta = json.loads((node / "zarr.json").read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{what}: metadata {node / 'zarr.json'} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{what}: metadata {node / 'zarr.json'} is damaged ({type(exc).__name__})") from None
-    if not isinstance(meta, dict):
-        raise StoreError(f"{what}: metadata {node / 'zarr.json'} is damaged (not a JSON object)")
-    return meta
-
-
-def _check_array_meta(meta: dict[str, Any], kind: str, what: str) -> None:
-    """Accept only the arrays lintwin writes: zarr v3, its dtype, rank, chunking and codecs."""
-    dtype, ndim, codecs = _KINDS[kind]
-    try:
-        names = [c["name"] for c in meta["codecs"]]
-        shape, chunks = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
-        ok = (meta["zarr_format"] == 3 and meta["node_type"] == "array" and meta["data_type"] == dtype
-              and len(shape) == ndim and len(chunks) == ndim and all(isinstance(v, int) for v in shape + chunks)
-              and set(names) <= codecs and names[-1] == "crc32c" and not meta.get("storage_transformers")
-              and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-              and (ndim == 1 or chunks[1] == shape[1]) and chunks[0] >= 1 and isinstance(meta.get("attributes"), dict))
-    except (KeyError, TypeError, IndexError):
-        ok = False
-    if not ok:
-        raise StoreError(f"{what} is not an array lintwin wrote (unexpected zarr metadata); "
-                         "lintwin opens only its own zarr v3 layout")
-
-
-def _chunk_path(arr: zarr.Array, k: int) -> Path:
-    coords = (k,) + (0,) * (arr.ndim - 1)
-    return Path(arr.store_path.store.root) / arr.store_path.path / arr.metadata.encode_chunk_key(coords)
-
-
-def _stored_crc(path: Path) -> int | None:
-    """The crc32c a chunk file ends with, or None when the file is missing or too short."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            if f.tell() < 5:
-                return None
-            f.seek(-4, 2)
-            return int.from_bytes(f.read(4), "little")
+        return any(not name.endswith(".partial") for name in os.listdir(folder))
     except OSError:
-        return None
-
-
-def _n_chunks(arr: zarr.Array) -> int:
-    return -(-int(arr.shape[0]) // int(arr.chunks[0]))
-
-
-def chunk_problems(arr: zarr.Array) -> list[tuple[int, int, int, str]]:
-    """``(chunk, first_row, last_row, problem)`` for each complete chunk that is missing or not the one written.
-
-    Cheap (a few bytes per chunk): it needs no decoding, so every read runs it.
-    """
-    crcs = list(arr.attrs.get("chunk_crc32c") or [])
-    rows, chunk = int(arr.shape[0]), int(arr.chunks[0])
-    done = int(arr.attrs.get("rows_written", 0))
-    complete = _n_chunks(arr) if done >= rows else done // chunk
-    out = []
-    for k in range(complete):
-        lo, hi = k * chunk, min(rows, (k + 1) * chunk) - 1
-        got = _stored_crc(_chunk_path(arr, k))
-        if got is None:
-            out.append((k, lo, hi, "missing"))
-        elif k >= len(crcs):
-            out.append((k, lo, hi, "has no recorded checksum"))
-        elif got != crcs[k]:
-            out.append((k, lo, hi, "is not the chunk written there (checksum differs from the recorded one)"))
-    return out
-
-
-def _describe(problems: list[tuple[int, int, int, str]]) -> str:
-    shown = "; ".join(f"chunk {k} (rows {lo}..{hi}) {p}" for k, lo, hi, p in problems[:3])
-    return shown + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        return True
 
 
 class FeatureStore:
@@ -178,7 +85,7 @@ class FeatureStore:
         self.path = path
         self.group = group
         self.mode = mode
-        self._locks: dict[str, FileLock] = {}
+        self._locks = WriteLocks(path)
 
     # -- opening --------------------------------------------------------------------
     @classmethod
@@ -189,7 +96,7 @@ class FeatureStore:
             if not exist_ok:
                 raise StoreError(f"{path} already exists")
             return cls.open(path, mode="r+")
-        _require_safe_numcodecs()
+        require_safe_numcodecs()
         try:
             group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={"lintwin": {"format": FORMAT}})
         except FileExistsError:  # another process created it just now
@@ -201,7 +108,7 @@ class FeatureStore:
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
         """Open an existing store; ``mode="r+"`` to add to it. Only lintwin's zarr v3 layout is accepted."""
-        _require_safe_numcodecs()
+        require_safe_numcodecs()
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no feature store at {path}")
@@ -209,9 +116,9 @@ class FeatureStore:
             raise StoreError(f"{path} is not a lintwin feature store (not a directory)")
         if (path / ".zgroup").exists() or (path / ".zattrs").exists():
             raise StoreError(f"{path} is a zarr v2 store; lintwin opens only its own zarr v3 layout")
-        if not (path / "zarr.json").exists():
+        if not (path / "zarr.json").exists() and not (path / "zarr.json").is_symlink():
             raise StoreError(f"{path} is not a lintwin feature store (no zarr.json)")
-        meta = _read_meta(path, f"store {path}")
+        meta = read_meta(path, f"store {path}")
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
             raise StoreError(f"{path} is not a lintwin feature store (not a zarr v3 group)")
         lintwin = (meta.get("attributes") or {}).get("lintwin")
@@ -228,59 +135,81 @@ class FeatureStore:
 
     def close(self) -> None:
         """Release the write locks this store holds."""
-        for lock in self._locks.values():
-            lock.release()
-        self._locks.clear()
+        self._locks.release_all()
 
     # -- structure ------------------------------------------------------------------
-    def _children(self, rel: Path) -> list[str]:
-        d = self.path / rel
-        if not d.is_dir():
+    def _entries(self, rel: str) -> list[str]:
+        """Nodes under ``rel``: folders with an allowed name that hold metadata or data (or are links,
+        which opening them refuses). A folder holding only zarr's temporary files is what a run killed
+        while creating a node left: it holds nothing and is not listed (the next writer replaces it)."""
+        folder = checked_path(self.path, rel) if rel else self.path
+        if not folder.is_dir():
             return []
-        return sorted(p.name for p in d.iterdir()
-                      if _NAME.fullmatch(p.name) and p.name != "zarr.json" and (p / "zarr.json").is_file())
+        return sorted(e.name for e in os.scandir(folder)
+                      if is_name(e.name) and (e.is_symlink() or (e.is_dir(follow_symlinks=False)
+                                                                 and _holds_something(e.path))))
 
     def splits(self) -> list[str]:
-        return self._children(Path("."))
+        return self._entries("")
 
     def networks(self, split: str) -> list[str]:
         self._check_split(split)
-        return self._children(Path(split) / "features")
+        return self._entries(f"{split}/features")
 
     def has(self, split: str, name: str) -> bool:
         return split in self.splits() and name in self.networks(split)
 
     def _check_split(self, split: str) -> None:
+        """Refuse a split that is not in the store, or whose group metadata (or its features group's) is damaged."""
         if split not in self.splits():
             known = ", ".join(self.splits()) or "none"
             raise StoreError(f"split {split!r} not in store {self.path} (splits: {known})")
+        node = checked_path(self.path, split)
+        check_group_meta(read_meta(node, f"split {split!r}"), f"split {split!r}")
+        feats = checked_path(self.path, f"{split}/features")
+        if feats.is_dir() and _holds_something(str(feats)):
+            check_group_meta(read_meta(feats, f"the features group of split {split!r}"),
+                             f"the features group of split {split!r}")
 
     def _split(self, split: str) -> zarr.Group:
         self._check_split(split)
         return self.group[split]
 
-    def _open_array(self, rel: str, kind: str, what: str) -> zarr.Array:
-        node = self.path / rel
-        _check_array_meta(_read_meta(node, what), kind, what)
+    def _open_array(self, split: str, key: str, kind: str, what: str, name: str | None = None) -> zarr.Array:
+        """Open one array after checking its path, metadata and counts; an array another process is
+        replacing is reported as such, not as damage."""
+        rel = f"{split}/features/{name}" if kind == "features" else f"{split}/{key}"
         try:
-            arr = zarr.open_array(str(node), mode=self.mode, zarr_format=3)
-        except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
-            raise StoreError(f"{what} cannot be opened ({type(exc).__name__}: {exc})") from None
+            node = checked_path(self.path, rel)
+            meta = read_meta(node, what)
+            check_array_meta(meta, kind, what, name)
+            check_counts_on_disk(node, meta, what)
+            try:
+                arr = zarr.open_array(str(node), mode=self.mode, zarr_format=3)
+            except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
+                raise StoreError(f"{what} cannot be opened ({type(exc).__name__}: {exc})") from None
+        except StoreError:
+            if self._locks.busy_elsewhere(split, key):
+                raise StoreError(busy_message(self.path, split, key)) from None
+            raise
         return arr.with_config({"write_empty_chunks": True})
 
     def _raw(self, split: str, name: str) -> zarr.Array:
         nets = self.networks(split)
         if name not in nets:
+            if self._locks.busy_elsewhere(split, f"features.{name}"):
+                raise StoreError(busy_message(self.path, split, f"features.{name}"))
             known = ", ".join(nets) or "none"
             raise StoreError(f"network {name!r} not in split {split!r} of {self.path} (networks: {known})")
-        return self._open_array(f"{split}/features/{name}", "features", f"features of {name!r} in split {split!r}")
+        return self._open_array(split, f"features.{name}", "features", f"features of {name!r} in split {split!r}",
+                                name)
 
     def _aux(self, split: str, key: str) -> zarr.Array | None:
         """The labels or ids array of ``split``, or None."""
         self._check_split(split)
-        if not (self.path / split / key / "zarr.json").exists():
+        if key not in self._entries(split):
             return None
-        return self._open_array(f"{split}/{key}", key, f"{key} of split {split!r}")
+        return self._open_array(split, key, key, f"{key} of split {split!r}")
 
     def info(self, split: str, name: str) -> dict[str, Any]:
         """Metadata of one network's features in one split (dim, rows, rows_written, ...)."""
@@ -293,20 +222,22 @@ class FeatureStore:
         """The recorded crc32c of every complete chunk of ``name``'s features in ``split`` (what the rows are)."""
         return list(self._raw(split, name).attrs.get("chunk_crc32c") or [])
 
-    @staticmethod
-    def _complete(arr: zarr.Array, what: str) -> zarr.Array:
-        done, rows = int(arr.attrs.get("rows_written", -1)), int(arr.shape[0])
+    def _complete(self, arr: zarr.Array, what: str, split: str, key: str) -> zarr.Array:
+        done, rows = int(arr.attrs["rows_written"]), int(arr.shape[0])
         if done != rows:
+            if self._locks.busy_elsewhere(split, key):
+                raise StoreError(busy_message(self.path, split, key))
             raise StoreError(f"{what} are incomplete ({max(done, 0)} of {rows} rows written); "
                              "rerun the command that wrote them to resume")
         bad = chunk_problems(arr)
         if bad:
-            raise StoreError(f"{what} are damaged: {_describe(bad)}; `lintwin check` reports every chunk")
+            raise StoreError(f"{what} are damaged: {describe(bad)}; `lintwin check` reports every chunk")
         return arr
 
     def features(self, split: str, name: str) -> zarr.Array:
         """The complete feature array of ``name`` in ``split`` (refuses half-written or damaged ones)."""
-        return self._complete(self._raw(split, name), f"features of {name!r} in split {split!r}")
+        return self._complete(self._raw(split, name), f"features of {name!r} in split {split!r}", split,
+                              f"features.{name}")
 
     def rows(self, split: str) -> int:
         """Row count shared by every network (and the labels) of ``split``."""
@@ -314,14 +245,17 @@ class FeatureStore:
         if len(set(counts.values())) > 1:
             detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
             raise ShapeError(f"networks in split {split!r} have different row counts ({detail})")
-        return next(iter(counts.values()), 0)
+        if counts:
+            return next(iter(counts.values()))
+        labels = self._aux(split, "labels")
+        return int(labels.shape[0]) if labels is not None else 0
 
     def _read_aux(self, split: str, key: str) -> np.ndarray | None:
         arr = self._aux(split, key)
         if arr is None:
             return None
         what = f"{key} of split {split!r}"
-        self._complete(arr, what)
+        self._complete(arr, what, split, key)
         try:
             return np.asarray(arr[:])
         except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
@@ -337,36 +271,48 @@ class FeatureStore:
 
     def check_paired(self, split: str, names: Sequence[str]) -> None:
         """Refuse arrays of ``split`` that were not written for the same rows (ids, in the same order)."""
-        stamps = {n: self._raw(split, n).attrs.get("ids_sha256") for n in names}
         ids = self._aux(split, "ids")
-        split_stamp = None if ids is None else ids.attrs.get("ids_sha256")
-        known = {s for s in stamps.values() if s is not None}
-        if len(set(stamps.values())) > 1:
-            detail = ", ".join(f"{n}: {s[:12] if s else 'unknown rows'}" for n, s in stamps.items())
-            raise StoreError(f"networks of split {split!r} were written for different samples or sample orders "
-                             f"({detail}); rows must be paired: write them again from the same images "
-                             "(import --ids names them)")
-        if split_stamp is not None and known and split_stamp not in known:
-            raise StoreError(f"features of {', '.join(names)} in split {split!r} were written for other sample ids "
-                             "than the split's ids")
+        reader.check_paired(split, {n: self._raw(split, n).attrs.get("ids_sha256") for n in names},
+                            None if ids is None else ids.attrs.get("ids_sha256"))
+
+    # -- reading --------------------------------------------------------------------
+    def iter_blocks(
+        self,
+        split: str,
+        names: Sequence[str],
+        *,
+        block_rows: int | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Yield ``(row_offset, [block of each network])`` over ``split``, reading ahead.
+
+        Refuses arrays that are incomplete, damaged or not written for the same rows. The next
+        block is read and decompressed in a background thread while the caller computes on
+        the current one. ``block_rows`` defaults to a multiple of the chunk size of about
+        64 MiB per network block.
+        """
+        arrays = [self.features(split, n) for n in names]
+        self.check_paired(split, names)
+        n = self.rows(split)
+        stop = n if stop is None else min(stop, n)
+        bounds = row_spans(stop, block_rows or reader.default_block_rows(arrays), start)
+        yield from reader.read_blocks(split, names, arrays, bounds)
 
     # -- writing --------------------------------------------------------------------
+    def _writable(self, rel: str) -> None:
+        """Refuse to write (or remove) ``rel`` when a link or special file lies on the way or anywhere inside it."""
+        checked_path(self.path, rel, tree=True)
+
+    def check_writable(self, split: str, names: Sequence[str] = (), *, index: bool = False) -> None:
+        """Refuse, writing nothing, when a link or special file lies where the arrays of ``names`` (and, with
+        ``index``, the split's labels and ids) would be written or removed."""
+        for rel in [f"{split}/features/{n}" for n in names] + ([f"{split}/labels", f"{split}/ids"] if index else []):
+            self._writable(rel)
+
     def _lock(self, split: str, key: str) -> None:
         """Hold the write lock of one array; a second writer is refused at once."""
-        tag = f"{split}/{key}"
-        if tag in self._locks:
-            return
-        lock_dir = self.path / LOCK_DIR / split
-        try:
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(lock_dir / f"{key}.lock", timeout=0, thread_local=False, is_singleton=True)
-            lock.acquire()
-        except Timeout:
-            raise StoreError(f"another process is writing {key.replace('features.', '')!r} of split {split!r} in "
-                             f"{self.path}; wait for it to finish") from None
-        except OSError as exc:
-            raise StoreError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
-        self._locks[tag] = lock
+        self._locks.acquire(split, key)
 
     def remove(self, split: str, *, network: str | None = None, index: bool = False) -> None:
         """Remove ``network``'s feature array and/or (``index``) the split's labels and ids, under their write locks.
@@ -379,23 +325,29 @@ class FeatureStore:
             check_name(network)
         if split not in self.splits():
             return
-        if network is not None:
-            self._lock(split, f"features.{network}")
-        for key in ("labels", "ids") if index else ():
+        targets = [(f"features.{network}", f"{split}/features/{network}")] if network is not None else []
+        if index:
+            targets += [(key, f"{split}/{key}") for key in ("labels", "ids")]
+        for _, rel in targets:
+            self._writable(rel)
+        for key, _ in targets:
             self._lock(split, key)
-        group = self.group[split]
-        if network is not None and network in self.networks(split):
-            del group["features"][network]
-        for key in ("labels", "ids") if index else ():
-            if key in group:
+        group = self._split(split)
+        for key, rel in targets:
+            self._writable(rel)  # again, now that no one else writes it
+            if key.startswith("features.") and network in self.networks(split):
+                del group["features"][network]
+            elif not key.startswith("features.") and key in self._entries(split):
                 del group[key]
 
     def _check_rows(self, split: str, name: str, rows: int) -> None:
         if split not in self.splits():
             return
         for other in self.networks(split):
+            if other == name:
+                continue
             arr = self._raw(split, other)
-            if other != name and int(arr.shape[0]) != rows:
+            if int(arr.shape[0]) != rows:
                 raise ShapeError(f"split {split!r} already holds {arr.shape[0]} rows of {other!r}; "
                                  f"{name!r} has {rows} rows, and features must be paired row by row")
         for key in ("labels", "ids"):
@@ -403,20 +355,94 @@ class FeatureStore:
             if arr is not None and int(arr.shape[0]) != rows:
                 raise ShapeError(f"split {split!r} has {arr.shape[0]} {key}; {name!r} has {rows} rows")
 
-    def _check_ids(self, split: str, ids: Sequence[str] | None) -> str | None:
-        if ids is None:
+    def _check_stamp(self, split: str, stamp: str | None, name: str | None = None, *, from_ids: bool = True) -> None:
+        """Refuse rows that the split's ids, or its other networks' rows, say are other samples.
+
+        ``stamp`` is the hash of the rows' ids (``from_ids``), of a generator's row identity, or None
+        when the rows are unknown: features of unknown rows are refused in a split whose rows are
+        named, since they could never be paired. ``name``'s own array is being replaced, so it is
+        not compared.
+        """
+        if split not in self.splits():
+            return
+        arr = self._aux(split, "ids")
+        if arr is not None and self.rows_written(arr) == int(arr.shape[0]) and arr.attrs["ids_sha256"] != stamp:
+            if stamp is None:
+                raise StoreError(f"split {split!r} names its rows (sample ids), but these features come without "
+                                 "the ids of their rows, so they could never be paired: give them (import --ids), "
+                                 "or write into another split")
+            raise StoreError(f"split {split!r} already has different sample ids")
+        if stamp is not None and not from_ids:
+            return
+        for net in self.networks(split):
+            other = self._raw(split, net).attrs["ids_sha256"] if net != name else None
+            if other is not None and other != stamp:
+                if stamp is None:
+                    raise StoreError(f"features of {net!r} in split {split!r} were written for named rows; features "
+                                     "without the ids of their rows could never be paired with them: give the ids "
+                                     "(import --ids), or write into another split")
+                raise StoreError(f"features of {net!r} in split {split!r} were written for other sample ids")
+
+    def _plan_features(self, split: str, name: str, *, rows: int, dim: int, chunk_rows: int | None = None,
+                       model_sha256: str | None = None, source: str | None = None, overwrite: bool = False,
+                       extra_attrs: dict[str, Any] | None = None, ids: Sequence[str] | None = None,
+                       rows_identity: str | None = None) -> _FeaturesWrite:
+        """The arguments of a feature write, checked, and the attributes its array gets."""
+        check_name(split, "split")
+        check_name(name, "network")
+        if rows <= 0 or dim <= 0:
+            raise ShapeError(f"cannot store features of {name!r} with shape ({rows}, {dim})")
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ShapeError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if ids is not None and len(ids) != rows:
+            raise ShapeError(f"{len(ids)} sample ids given for {rows} rows of {name!r}")
+        extra = json.loads(json.dumps(extra_attrs or {}))
+        clash = RESERVED_ATTRS & set(extra)
+        if clash:
+            raise StoreError(f"extra_attrs may not set {', '.join(sorted(clash))}")
+        if ids is not None:
+            stamp: str | None = ids_sha256(ids)
+        else:
+            stamp = None if rows_identity is None else hashlib.sha256(rows_identity.encode()).hexdigest()
+        attrs = {"network": name, "dim": int(dim), "rows": int(rows), "rows_written": 0, "chunk_crc32c": [],
+                 "ids_sha256": stamp, "model_sha256": model_sha256, "source": source, **extra}
+        return _FeaturesWrite(split, name, rows, dim, chunk_rows, attrs, overwrite, ids)
+
+    def _existing(self, plan: _FeaturesWrite) -> zarr.Array | None:
+        """Everything that refuses ``plan`` (links, row counts, sample ids, an array made differently); the
+        array to resume, or None when a new one is to be made."""
+        split, name = plan.split, plan.name
+        self._writable(f"{split}/features/{name}")
+        self._check_rows(split, name, plan.rows)
+        self._check_stamp(split, plan.attrs["ids_sha256"], name, from_ids=plan.ids is not None)
+        if plan.overwrite or not self.has(split, name):
+            return None  # an array being replaced is not opened: it may be damaged
+        arr = self._raw(split, name)
+        if self.rows_written(arr) == 0:
             return None
-        stamp = ids_sha256(ids)
-        if split in self.splits():
-            arr = self._aux(split, "ids")
-            if arr is not None and int(arr.attrs.get("rows_written", 0)) == int(arr.shape[0]) \
-                    and arr.attrs.get("ids_sha256") != stamp:
-                raise StoreError(f"split {split!r} already has different sample ids")
-            for net in self.networks(split):
-                other = self._raw(split, net).attrs.get("ids_sha256")
-                if other is not None and other != stamp:
-                    raise StoreError(f"features of {net!r} in split {split!r} were written for other sample ids")
-        return stamp
+        same = tuple(arr.shape) == (plan.rows, plan.dim) and all(
+            arr.attrs.get(k) == v for k, v in plan.attrs.items() if k not in ("rows_written", "chunk_crc32c"))
+        if same:
+            return arr
+        raise StoreError(f"split {split!r} already holds features of {name!r} with shape {tuple(arr.shape)} "
+                         f"from {arr.attrs.get('source')!r}, written differently; pass overwrite to replace them")
+
+    def _refuse_early(self, plan: _FeaturesWrite) -> None:
+        """:meth:`_existing` before the lock is taken; an array another process is replacing is reported as such."""
+        try:
+            self._existing(plan)
+        except StoreError:
+            if self._locks.busy_elsewhere(plan.split, f"features.{plan.name}"):
+                raise StoreError(busy_message(self.path, plan.split, f"features.{plan.name}")) from None
+            raise
+
+    def check_features_write(self, split: str, name: str, **kwargs: Any) -> None:
+        """Refuse now, writing nothing, what :meth:`open_features_for_write` with the same arguments would refuse.
+
+        For writers of several arrays (``synth``), so that a refusal of the last one does not come
+        after the first ones were replaced.
+        """
+        self._refuse_early(self._plan_features(split, name, **kwargs))
 
     def open_features_for_write(
         self,
@@ -442,51 +468,26 @@ class FeatureStore:
         Everything is checked before the store changes; the array is created with all its
         attributes in one metadata write, so a kill cannot leave an array later runs refuse.
         """
-        check_name(split, "split")
-        check_name(name, "network")
-        if rows <= 0 or dim <= 0:
-            raise ShapeError(f"cannot store features of {name!r} with shape ({rows}, {dim})")
-        if chunk_rows is not None and chunk_rows < 1:
-            raise ShapeError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        if ids is not None and len(ids) != rows:
-            raise ShapeError(f"{len(ids)} sample ids given for {rows} rows of {name!r}")
-        extra = json.loads(json.dumps(extra_attrs or {}))
-        clash = _RESERVED_ATTRS & set(extra)
-        if clash:
-            raise StoreError(f"extra_attrs may not set {', '.join(sorted(clash))}")
-        stamp = self._check_ids(split, ids)
-        if stamp is None and rows_identity is not None:
-            stamp = hashlib.sha256(rows_identity.encode()).hexdigest()
-        attrs = {"network": name, "dim": int(dim), "rows": int(rows), "rows_written": 0, "chunk_crc32c": [],
-                 "ids_sha256": stamp, "model_sha256": model_sha256, "source": source, **extra}
-
-        def existing() -> zarr.Array | None:
-            self._check_rows(split, name, rows)
-            if not self.has(split, name):
-                return None
-            arr = self._raw(split, name)
-            if overwrite or self.rows_written(arr) == 0:
-                return None
-            same = tuple(arr.shape) == (rows, dim) and all(arr.attrs.get(k) == v for k, v in attrs.items()
-                                                           if k not in ("rows_written", "chunk_crc32c"))
-            if same:
-                return arr
-            raise StoreError(f"split {split!r} already holds features of {name!r} with shape {tuple(arr.shape)} "
-                             f"from {arr.attrs.get('source')!r}, written differently; pass overwrite to replace them")
-
-        existing()  # refuse before anything changes
+        plan = self._plan_features(split, name, rows=rows, dim=dim, chunk_rows=chunk_rows,
+                                   model_sha256=model_sha256, source=source, overwrite=overwrite,
+                                   extra_attrs=extra_attrs, ids=ids, rows_identity=rows_identity)
+        self._refuse_early(plan)  # refuse before anything changes
         self._lock(split, f"features.{name}")
-        arr = existing()  # again, now that no one else writes it
+        arr = self._existing(plan)  # again, now that no one else writes it
         if arr is not None:
             if ids is not None:
                 self.set_ids(split, ids)
             return arr
         if self.has(split, name):
-            # Readers see the old array as incomplete from here on, never as half-replaced.
-            self._raw(split, name).update_attributes({"rows_written": 0})
+            try:
+                old = self._raw(split, name)
+            except StoreError:
+                old = None  # damaged: readers refuse it already
+            if old is not None:  # readers see the old array as incomplete from here on, never as half-replaced
+                old.update_attributes({"rows_written": 0, "chunk_crc32c": []})
         feats = self.group.require_group(split).require_group("features")
         arr = feats.create_array(name, shape=(rows, dim), chunks=(chunk_rows or default_chunk_rows(dim), dim),
-                                 dtype="float32", compressors=_compressors("features"), attributes=attrs,
+                                 dtype="float32", compressors=compressors("features"), attributes=plan.attrs,
                                  overwrite=True, config={"write_empty_chunks": True})
         if ids is not None:
             self.set_ids(split, ids)
@@ -509,20 +510,22 @@ class FeatureStore:
         arr = arr.with_config({"write_empty_chunks": True})  # an all-zero chunk must still be on disk
         arr[start:stop] = data
         crcs = list(arr.attrs.get("chunk_crc32c") or [])
-        complete = _n_chunks(arr) if stop == rows else stop // chunk
-        for k in range(len(crcs), complete):
-            crc = _stored_crc(_chunk_path(arr, k))
-            if crc is None:
-                raise StoreError(f"chunk {k} of {arr.store_path} vanished while it was written")
+        node = Path(arr.store_path.store.root) / arr.store_path.path
+        for k in range(len(crcs), complete_chunks(stop, rows, chunk)):
+            crc = stored_crc(chunk_file(node, k, arr.ndim))
+            if isinstance(crc, str):
+                raise StoreError(f"chunk {k} of {arr.store_path} {crc} right after it was written")
             crcs.append(crc)
         arr.update_attributes({"rows_written": stop, "chunk_crc32c": crcs})  # one metadata write
 
     def _write_aux(self, split: str, key: str, values: np.ndarray, dtype: Any, chunk: int,
                    attrs: dict[str, Any]) -> None:
+        self._writable(f"{split}/{key}")
         self._lock(split, key)
+        self._writable(f"{split}/{key}")
         g = self.group.require_group(split)
         arr = g.create_array(key, shape=values.shape, dtype=dtype, chunks=(max(1, min(values.shape[0], chunk)),),
-                             compressors=_compressors(key), overwrite=True, config={"write_empty_chunks": True},
+                             compressors=compressors(key), overwrite=True, config={"write_empty_chunks": True},
                              attributes={"rows": int(values.shape[0]), "rows_written": 0, "chunk_crc32c": [], **attrs})
         self.write_rows(arr, 0, values)
 
@@ -549,52 +552,9 @@ class FeatureStore:
         """Store sample ids (e.g. image file names) of ``split``; existing ids must agree."""
         check_name(split, "split")
         ids = np.asarray([str(i) for i in ids])
-        stamp = self._check_ids(split, ids.tolist())
+        stamp = ids_sha256(ids.tolist())
+        self._check_stamp(split, stamp)
         arr = self._aux(split, "ids") if split in self.splits() else None
         if arr is not None and self.rows_written(arr) == int(arr.shape[0]):
             return  # the same ids (checked above)
         self._write_aux(split, "ids", ids, str, 1 << 16, {"ids_sha256": stamp})
-
-    # -- reading --------------------------------------------------------------------
-    def iter_blocks(
-        self,
-        split: str,
-        names: Sequence[str],
-        *,
-        block_rows: int | None = None,
-        start: int = 0,
-        stop: int | None = None,
-    ) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """Yield ``(row_offset, [block of each network])`` over ``split``, reading ahead.
-
-        Refuses arrays that are incomplete, damaged or not written for the same rows. The next
-        block is read and decompressed in a background thread while the caller computes on
-        the current one. ``block_rows`` defaults to a multiple of the chunk size of about
-        64 MiB per network block.
-        """
-        arrays = [self.features(split, n) for n in names]
-        self.check_paired(split, names)
-        n = self.rows(split)
-        stop = n if stop is None else min(stop, n)
-        if block_rows is None:
-            chunk = int(arrays[0].chunks[0])
-            widest = max(int(a.shape[1]) for a in arrays)
-            block_rows = chunk * max(1, (64 * 2**20) // (4 * widest * chunk))
-        bounds = row_spans(stop, block_rows, start)
-
-        def read(lo: int, hi: int) -> list[np.ndarray]:
-            out = []
-            for name, a in zip(names, arrays):
-                try:
-                    out.append(np.asarray(a[lo:hi]))
-                except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
-                    raise StoreError(f"features of {name!r} in split {split!r}, rows {lo}..{hi - 1}, cannot be read "
-                                     f"({type(exc).__name__}: {exc}); `lintwin check` reports every chunk") from None
-            return out
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(read, *bounds[0]) if bounds else None
-            for k, (lo, _) in enumerate(bounds):
-                blocks = pending.result()
-                pending = pool.submit(read, *bounds[k + 1]) if k + 1 < len(bounds) else None
-                yield lo, blocks

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..core.xp import row_spans
 from ..errors import LintwinError, ShapeError
-from .store import FeatureStore, check_name, default_chunk_rows
+from .layout import check_name, default_chunk_rows
+from .store import FeatureStore
 
 __all__ = ["SyntheticPair", "write_synthetic_store"]
 
@@ -86,14 +87,22 @@ def write_synthetic_store(path: str | Path, *, train: int, val: int = 0, dim_a: 
             raise LintwinError(f"{path} already holds features of {', '.join(taken)}; pass --overwrite to replace them")
     store = FeatureStore.create(path)
     gen = SyntheticPair(dim_a, dim_b, latent=latent, noise=noise, seed=seed)
+    source = f"synthetic(seed={seed}, latent={gen.latent}, noise={noise})"
+    plans = []  # per split: its rows and, per network, the arguments of its write
     offset = 0
+    for split, rows in splits:
+        identity = f"{source} rows {offset}..{offset + rows - 1}"
+        plans.append((split, rows, [(nm, {"rows": rows, "dim": d, "chunk_rows": chunk_rows, "source": source,
+                                          "overwrite": True, "rows_identity": identity})
+                                    for nm, d in zip(names, (dim_a, dim_b))]))
+        offset += rows
     try:
-        for split, rows in splits:
-            source = f"synthetic(seed={seed}, latent={gen.latent}, noise={noise})"
-            identity = f"{source} rows {offset}..{offset + rows - 1}"
-            arrs = [store.open_features_for_write(split, nm, rows=rows, dim=d, chunk_rows=chunk_rows, source=source,
-                                                  overwrite=True, rows_identity=identity)
-                    for nm, d in zip(names, (dim_a, dim_b))]
+        for split, _, writes in plans:  # refuse before any array is replaced, not after the first split
+            for nm, kwargs in writes:
+                store.check_features_write(split, nm, **kwargs)
+        offset = 0
+        for split, rows, writes in plans:
+            arrs = [store.open_features_for_write(split, nm, **kwargs) for nm, kwargs in writes]
             step = chunk_rows or default_chunk_rows(max(dim_a, dim_b))
             for lo, hi in row_spans(rows, step):
                 a, b = gen.block(offset + lo, hi - lo)
