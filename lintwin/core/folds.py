@@ -1,8 +1,9 @@
 """Cross-validation folds over images, accumulated in the same single pass as the moments.
 
-Rows of one image (its augmented views, ids ``name#vK``) always share a fold, so no view of
-a held-out image is ever fitted on. One :class:`Moments` per fold is accumulated; a fold's
-training moments are the merge of the others, so K-fold CV needs no further pass.
+Rows of one image (its augmented views, ids ``name#vK``, and its positions, ``name#pK`` or
+``name#vK#pJ``) always share a fold, so no view or position of a held-out image is ever fitted
+on. One :class:`Moments` per fold is accumulated; a fold's training moments are the merge of
+the others, so K-fold CV needs no further pass.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from .xp import from_numpy, namespace, row_spans
 
 __all__ = ["accumulate_folds", "accumulate_folds_arrays", "image_folds"]
 
-_VIEW = re.compile(r"#v\d+$")
+_VIEW = re.compile(r"(#[vp]\d+)+$")  # view and position suffixes
 
 
 def image_folds(ids: np.ndarray | None, rows: int, k: int, seed: int = 0) -> np.ndarray:
-    """Fold index of each row: images (ids without their ``#vN`` view suffix) spread over ``k`` folds."""
+    """Fold index of each row: images (ids without their ``#vN`` / ``#pN`` suffixes) spread over ``k`` folds."""
     if k < 2:
         raise LintwinError(f"cross-validation needs at least 2 folds, got {k}")
     if ids is None:  # no ids: every row is its own image
