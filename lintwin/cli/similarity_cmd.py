@@ -89,7 +89,7 @@ def _plot(sim: Similarity, path: Path) -> Path:
     fig, ax = new_figure(1, 2, figsize=(11, 4))
     ax[0, 0].plot(np.arange(1, len(sim.cca) + 1), sim.cca, lw=1.5)
     ax[0, 0].set(xlabel="canonical direction", ylabel="canonical correlation ρ", ylim=(0, 1.02),
-                 title=f"CCA spectrum ({sim.names[0]} vs {sim.names[1]})")
+                 title=f"CCA spectrum\n{sim.names[0]}\nvs {sim.names[1]}")  # one name a line: layer names are long
     for name, r2 in sim.r2.items():
         vals = np.sort(r2[np.isfinite(r2)])[::-1]
         ax[0, 1].plot(np.arange(1, len(vals) + 1) / max(len(vals), 1), vals, lw=1.5, label=f"{name} (train fit)")
@@ -99,7 +99,7 @@ def _plot(sim: Similarity, path: Path) -> Path:
                       label=f"{name} (CV ridge, held out)")
     ax[0, 1].set(xlabel="fraction of target units (sorted)", ylabel="R² per target unit", ylim=(None, 1.02),
                  title="linear predictivity per target unit")
-    ax[0, 1].legend(fontsize=8)
+    ax[0, 1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25))  # below: long names cover no curve
     return save_figure(fig, path)
 
 
