@@ -229,7 +229,8 @@ def _template(tmp_path: Path, images) -> Path:
     (["--pool", "avg", "--split", "new"], "--pool goes with --layers"),
     (["--layers", f"{R5},{R5}", "--split", "new"], "a layer is asked for twice"),
     (["--layers", "maps", "--split", "new", "--model", "dyn"],
-     "layer maps gave 1 x 4 x 28 x 3 for 1 images, N x 4 x 28 x 1 before: dynamic sizes that differ between images"),
+     "layer maps gave N x 4 x 28 x 3 on a batch of 1 image(s), N x 4 x 28 x 1 before: dynamic sizes that differ "
+     "between images"),
     (["--layers", "/Shape_output_0", "--split", "new", "--model", "vit"], "is not a layer"),
 ])
 def test_bad_layer_extractions_end_in_one_error_line_and_leave_the_store_untouched(tmp_path, images, args, message):

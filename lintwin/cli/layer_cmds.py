@@ -43,7 +43,7 @@ def layers(
         for la in rows:
             mark = "  <- classifier input" if la.classifier_input else ""
             echo(f"{la.name:<{width}}  {la.op:<{op_w}}  {la.dims():<{shape_w}}  {la.values:>9,}  "
-                 f"{'yes' if la.separates else 'no '}{mark}")
+                 f"{'yes' if la.separates else 'no':<3}{mark}".rstrip())
 
 
 @app.command()

@@ -1,4 +1,8 @@
-"""Images -> backbone features -> feature store, chunk by chunk, resumable, never spliced.
+"""Images -> backbone features (or any layers of a model) -> feature store, chunk by chunk, resumable, never spliced.
+
+:func:`extract_features` stores a backbone's output; :func:`extract_layers` stores any tensors of
+a model, one array per layer, pooled as :mod:`lintwin.networks.pooling` says, from one forward
+pass per batch (every requested tensor an extra output of the model).
 
 Rows are image-major (all views of image 0, then image 1, ...). Each store chunk is
 computed in the same backbone batches whether a run starts fresh or resumes, and views are

@@ -100,14 +100,11 @@ class ModelGraph:
     outputs: list[str]
     layers: dict[str, Layer]
     producer: dict[str, Any] = field(repr=False)
-    consumers: dict[str, list[Any]] = field(repr=False)
+    live: set[str] = field(repr=False)  # tensors computed from the image (not constants)
 
     @property
     def classifier_input(self) -> Layer | None:
         return next((la for la in self.layers.values() if la.classifier_input), None)
-
-    def tensor_type(self, name: str) -> int:
-        return typed_shapes(self.model).get(name, (TensorProto.FLOAT, None))[0]
 
     def layer(self, name: str) -> Layer:
         """The layer called ``name``; a name that is not one is refused with the nearest names."""
@@ -128,11 +125,11 @@ class ModelGraph:
         Empty when every path from the input to the outputs passes through ``name``.
         """
         before = self._ancestors(name)
-        before_tensors = {o for n in before for o in n.output} | {self.input_name}
-        after = self._needed_for_outputs(stop=name)
+        before_ids = {id(n) for n in before}
+        before_tensors = ({o for n in before for o in n.output} & self.live) | {self.input_name}
         out = []
-        for node in after:
-            if id(node) in {id(n) for n in before}:
+        for node in self._needed_for_outputs(stop=name):
+            if id(node) in before_ids:
                 continue
             for t in node.input:
                 if t and t != name and t in before_tensors:
@@ -267,10 +264,6 @@ def read_model(path: str | Path, preprocess: Preprocess | None = None) -> ModelG
     inferred, batch = _fixed_input(model, input_name, chw)
     g = inferred.graph
     producer = {o: n for n in g.node for o in n.output if o}
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
     outputs = [o.name for o in g.output]
     typed = typed_shapes(inferred)
     live = _from_input(inferred, input_name)
@@ -297,7 +290,7 @@ def read_model(path: str | Path, preprocess: Preprocess | None = None) -> ModelG
                 layers[t] = Layer(t, node.op_type, node.name, shape, source,
                                   _separates(inferred, input_name, out_set, t),
                                   classifier_input=(t == classifier and len(shape) == 1))
-    return ModelGraph(path, inferred, input_name, chw, outputs, layers, producer, consumers)
+    return ModelGraph(path, inferred, input_name, chw, outputs, layers, producer, live)
 
 
 def _probe(model: onnx.ModelProto, chw: tuple[int, int, int], tensors: list[str],

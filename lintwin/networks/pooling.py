@@ -80,8 +80,9 @@ def pool_rows(x: np.ndarray, layer: Layer, pool: str) -> np.ndarray:
     """``x`` (n x layer.shape, one forward pass) as the stored float32 rows of its ``n`` samples."""
     n = x.shape[0]
     if tuple(x.shape[1:]) != layer.shape:
-        raise ShapeError(f"layer {layer.name} gave {' x '.join(map(str, x.shape))} for {n} images, "
-                         f"{layer.dims()} before: dynamic sizes that differ between images are not stored")
+        got = " x ".join(["N", *map(str, x.shape[1:])])
+        raise ShapeError(f"layer {layer.name} gave {got} on a batch of {n} image(s), {layer.dims()} before: "
+                         "dynamic sizes that differ between images are not stored")
     if pool == "flatten" or layer.kind == "vector":
         return np.ascontiguousarray(x.reshape(n, -1), np.float32)
     if layer.kind == "spatial":  # N x C x H x W
