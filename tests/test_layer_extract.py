@@ -278,3 +278,22 @@ def test_cli_extract_layers_reports_each_array(tmp_path, images):
     assert f"fmnist-vit+blocks.blocks.1.Add_1: {V1} (Add, N x 50 x 64), pooling positions, 64 values" in r.stdout
     with pytest.raises(ShapeError, match="different grids"):
         _extract(RESNET, images, tmp_path / "t.zarr", [R5, R2], "positions")
+
+
+def test_a_layer_with_nan_is_refused_naming_the_array_and_row(tmp_path, images):
+    """Log of the normalised image is NaN wherever a pixel lies below the mean: refused, never stored."""
+    nodes = [helper.make_node("Log", ["image"], ["logs"], name="log"),
+             helper.make_node("GlobalAveragePool", ["logs"], ["pooled"], name="gap")]
+    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                           ["N", 1, 28, 28])],
+                              [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["N", 1, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, str(path))
+    (tmp_path / "nan.json").write_text(json.dumps(
+        {"name": "nan", "preprocess": {"size": [28, 28], "channels": 1, "mean": [0.286], "std": [0.353]}}))
+    with pytest.raises(lintwin.NonFiniteError, match=r"nan\+logs.*row 0"):
+        _extract(path, images, tmp_path / "s.zarr", ["logs"], "positions")
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    assert s.info("train", "nan+logs")["rows_written"] == 0  # nothing of it was written
