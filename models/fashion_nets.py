@@ -12,15 +12,23 @@ and four more for many-network studies (``lintwin study``), as in the follow-up 
 - ``fmnist-resnet-s1``: ``fmnist-resnet``'s architecture trained again from another seed,
   the same-architecture reference.
 
+and one vision transformer, so that token layers (N x T x C) can be studied:
+- ``fmnist-vit``: 4x4 patches (49 tokens) plus a class token, 4 pre-norm transformer blocks of
+  width 64; its features are the class token after the final LayerNorm.
+
 Each is exported as ``NAME.backbone.onnx`` (image -> pooled post-ReLU features),
 ``NAME.head.onnx`` (features -> logits) and ``NAME.json`` (preprocessing, class count,
-test accuracy), and the composition is checked against the PyTorch model.
+test accuracy), and the composition is checked against the PyTorch model. The whole network,
+``NAME.onnx`` (image -> logits, every intermediate tensor under its PyTorch module path, e.g.
+``/body/body.4/relu/Relu_output_0``), is the backbone and the head joined by ``onnx.compose``
+(so the committed backbone and head files stay exactly as they are), checked against them.
 
     pip install torch==2.14.1 onnx
     python models/fashion_nets.py [--data /usr/share/datasets/fashion-mnist] [--only NAME ...] [--overwrite]
 
 Networks whose files already exist are skipped unless ``--overwrite`` is given, so the
-committed ONNX files stay exactly as they are when new networks are added. On a busy machine
+committed ONNX files stay exactly as they are when new networks are added; a missing whole
+network ``NAME.onnx`` is composed from the existing parts. On a busy machine
 run with ``OMP_NUM_THREADS=1``: PyTorch's spinning worker threads slow training tenfold when
 the cores are shared.
 """
@@ -33,7 +41,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnx import compose
 from torch import nn
 
 from lintwin.networks.images import DEFAULT_FASHION_MNIST, read_idx
@@ -166,6 +177,57 @@ class MLPBackbone(nn.Module):
         return self.body(x)
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention written out (one qkv projection), so the ONNX graph keeps readable names."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, c))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + MLP(norm(x)); tokens N x T x C throughout."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViTBackbone(nn.Module):
+    """A small vision transformer: 4x4 patches (a 7x7 grid of 49 tokens) plus a class token, 4 blocks of
+    width 64; the feature vector is the class token after the final LayerNorm."""
+
+    dim = 64
+
+    def __init__(self, depth: int = 4, heads: int = 4, patch: int = 4) -> None:
+        super().__init__()
+        tokens = (28 // patch) ** 2 + 1
+        self.patch = nn.Conv2d(1, self.dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, self.dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens, self.dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(self.dim, heads, 2 * self.dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(self.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)                       # N x 49 x 64
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.norm(self.blocks(t))[:, 0]
+
+
 class Net(nn.Module):
     def __init__(self, backbone: nn.Module, classes: int = 10):
         super().__init__()
@@ -244,8 +306,6 @@ def export(net: Net, name: str, test_acc: float, out: Path) -> None:
 
 
 def verify(net: Net, backbone: Path, head: Path) -> float:
-    import onnxruntime as ort
-
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         want = net(x).numpy()
@@ -257,6 +317,24 @@ def verify(net: Net, backbone: Path, head: Path) -> float:
     return diff
 
 
+def compose_full(name: str, out: Path) -> Path:
+    """``NAME.onnx``: ``NAME.backbone.onnx`` and ``NAME.head.onnx`` joined by ``onnx.compose``, checked against them."""
+    backbone, head = out / f"{name}.backbone.onnx", out / f"{name}.head.onnx"
+    full = compose.merge_models(onnx.load(str(backbone)), onnx.load(str(head)), io_map=[("features", "features")],
+                                doc_string=f"{name}: image -> logits (backbone and head joined by onnx.compose)")
+    path = out / f"{name}.onnx"
+    onnx.save(full, str(path))
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    so = ["CPUExecutionProvider"]
+    feats = ort.InferenceSession(str(backbone), providers=so).run(None, {"image": x})[0]
+    want = ort.InferenceSession(str(head), providers=so).run(None, {"features": feats})[0]
+    got = ort.InferenceSession(str(path), providers=so).run(None, {"image": x})[0]
+    diff = float(np.abs(got - want).max())
+    print(f"  {path.name} vs head(backbone(x)): max abs diff {diff:.2e}")
+    assert diff < 1e-5, diff
+    return path
+
+
 # name: (backbone, seed, epochs); the first two are the committed originals (seeds 0 and 1, 3 epochs)
 NETWORKS: dict[str, tuple[type[nn.Module], int, int]] = {
     "fmnist-resnet": (ResNetBackbone, 0, 3),
@@ -265,6 +343,7 @@ NETWORKS: dict[str, tuple[type[nn.Module], int, int]] = {
     "fmnist-mlp": (MLPBackbone, 4, 4),
     "fmnist-mobilenet": (MobileNetBackbone, 3, 2),
     "fmnist-resnet-s1": (ResNetBackbone, 5, 2),
+    "fmnist-vit": (ViTBackbone, 6, 10),
 }
 
 
@@ -284,6 +363,8 @@ def main() -> None:
             continue
         if (args.out / f"{name}.json").exists() and not args.overwrite:
             print(f"{name}: already exported to {args.out}, skipped (--overwrite retrains it)", flush=True)
+            if not (args.out / f"{name}.onnx").exists():
+                compose_full(name, args.out)
             continue
         epochs = args.epochs or epochs
         torch.manual_seed(seed)
@@ -294,6 +375,7 @@ def main() -> None:
         acc = accuracy(net, xt, yt)
         print(f"{name}: test accuracy {acc:.4f} ({acc * 10000:.0f}/10000), trained in {time.time() - t0:.0f} s", flush=True)
         export(net, name, acc, args.out)
+        compose_full(name, args.out)
 
 
 if __name__ == "__main__":

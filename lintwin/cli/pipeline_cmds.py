@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,13 +12,14 @@ import typer
 from ..affine import AffineMap
 from ..core.outputs import check_output_dir
 from ..core.params import parse_ridge
+from ..errors import LintwinError
 from ..experiments.compare import compare as run_compare
 from ..experiments.compare import score as score_store
 from ..experiments.compare_tables import compare_output, compare_text
 from ..experiments.demo import BUNDLED_MODELS, run_demo, write_compare_outputs
 from ..experiments.report import plot_ridge_cv
 from ..experiments.tables import OutputFormat
-from ..networks.extract import default_workers, extract_features
+from ..networks.extract import default_workers, extract_features, extract_layers
 from ..networks.images import DEFAULT_FASHION_MNIST, concat_images, open_images
 from ..networks.onnx_models import Head
 from ..networks.preprocess import augment_from_options
@@ -50,6 +52,13 @@ from ._common import (
 )
 
 
+class PoolChoice(StrEnum):
+    avg = "avg"
+    positions = "positions"
+    cls = "cls"
+    flatten = "flatten"
+
+
 def _pair(value: str | None, option: str) -> tuple[float, float] | None:
     """``MIN,MAX`` for --scale and --ratio (None when not given)."""
     if value is None:
@@ -63,7 +72,7 @@ def _pair(value: str | None, option: str) -> tuple[float, float] | None:
 
 @app.command()
 def extract(
-    backbone: Annotated[Path, typer.Argument(help="backbone ONNX file (NAME.backbone.onnx, sidecar NAME.json beside it)")],
+    backbone: Annotated[Path, typer.Argument(help="backbone ONNX file (NAME.backbone.onnx, sidecar NAME.json beside it); with --layers any ONNX model of images (NAME.onnx, sidecar NAME.json)")],
     images: Annotated[list[Path], typer.Argument(help="image folder(s) (labels.csv, class sub-folders or plain), .npz or IDX file; several folders form one pool")],
     store: Annotated[Path, typer.Option("--store", help="feature store (created if missing)")],
     split: Annotated[str, typer.Option(help="split to write")] = "train",
@@ -81,10 +90,14 @@ def extract(
     sidecar: Annotated[Path | None, typer.Option(help="sidecar JSON if not beside the model")] = None,
     chunk_rows: Annotated[int | None, typer.Option(min=1, help="rows per zarr chunk (and per resume step)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace this network's features in the split if they were made differently")] = False,
+    layers: Annotated[str | None, typer.Option("--layers", help="store these tensors of the model instead of a backbone's output: comma-separated names (`lintwin layers MODEL` lists them), one array NAME+TENSOR per layer")] = None,
+    pool: Annotated[PoolChoice | None, typer.Option("--pool", help="with --layers: avg (mean over positions or tokens), positions (one row per image and position, ids IMAGE#pK), cls (a token layer's first token) or flatten (all values; refused past 16,384) [default: avg]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Run an ONNX backbone over images into a feature store (resumable; a rerun continues a killed run)."""
+    """Run an ONNX backbone over images into a feature store, or store any layers of a model (--layers); resumable."""
     with cli_errors():
+        if layers is None and pool is not None:
+            raise LintwinError("--pool goes with --layers (a backbone's output is already one vector per image)")
         aug = augment_from_options(augment, scale=_pair(scale, "--scale"), ratio=_pair(ratio, "--ratio"), flip=flip,
                                    centre_view=centre_view) or False
         n_workers = default_workers() if workers is None else workers
@@ -92,6 +105,18 @@ def extract(
         if imgs.skipped:
             echo(f"skipped {len(imgs.skipped)} file(s) that could not be read: {', '.join(imgs.skipped[:10])}"
                  + (" ..." if len(imgs.skipped) > 10 else ""))
+        if layers is not None:
+            r = extract_layers(backbone, imgs, store, split=split, layers=[t for t in layers.split(",") if t],
+                               pool=(pool or PoolChoice.avg).value, name=name, views=views, augment=aug, seed=seed,
+                               batch=batch, sidecar=sidecar, chunk_rows=chunk_rows, workers=n_workers,
+                               overwrite=overwrite, progress=not quiet)
+            resumed = f" (resumed at row {r.resumed_from})" if r.resumed_from else ""
+            echo(f"wrote {r.rows} rows ({r.images} images x {views} view(s) x {r.rows // (r.images * views)} "
+                 f"row(s) each) of {len(r.arrays)} layer(s) of {r.network} to {store} [{split}]{resumed}")
+            for a in r.arrays:
+                echo(f"  {a.array}: {a.layer.name} ({a.layer.op}, {a.layer.dims()}), pooling {a.pooling}, "
+                     f"{a.dim} values per row")
+            return
         s = extract_features(backbone, imgs, store, split=split, name=name, views=views, augment=aug,
                              seed=seed, batch=batch, sidecar=sidecar, chunk_rows=chunk_rows, workers=n_workers,
                              overwrite=overwrite, progress=not quiet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from ..errors import LintwinError
 from ..storage.check import check_store
 from ..storage.importer import import_features
 from ..storage.store import FeatureStore
+from ..storage.summary import store_summary
 from ..storage.synthetic import write_synthetic_store
 from ._common import app, cli_errors, echo
 
@@ -54,18 +56,28 @@ def import_cmd(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="feature store")]) -> None:
-    """List the splits, networks, shapes and completeness of a feature store."""
+def info(
+    store: Annotated[Path, typer.Argument(help="feature store")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON (splits, arrays, each "
+                                                          "array's network, layer and pooling)")] = False,
+) -> None:
+    """List the splits, networks (and layers, with their pooling), shapes and completeness of a feature store."""
     with cli_errors():
-        s = FeatureStore.open(store)
-        for split in s.splits():
-            labels = s.labels(split)
-            echo(f"{split}: {s.rows(split)} rows" + (f", labels for {len(set(labels.tolist()))} classes"
-                                                      if labels is not None else ""))
-            for net in s.networks(split):
-                i = s.info(split, net)
-                state = "complete" if i["rows_written"] == i["rows"] else f"INCOMPLETE {i['rows_written']}/{i['rows']}"
-                echo(f"  {net}: dim {i['dim']}, chunk {i['chunk_rows']} rows, {state}")
+        summary = store_summary(FeatureStore.open(store))
+        if as_json:
+            echo(json.dumps(summary, indent=2))
+            return
+        for split in summary["splits"]:
+            classes = split["classes"]
+            echo(f"{split['name']}: {split['rows']} rows" + (f", labels for {classes} classes" if classes else ""))
+            for a in split["arrays"]:
+                state = "complete" if a["complete"] else f"INCOMPLETE {a['rows_written']}/{a['rows']}"
+                echo(f"  {a['name']}: dim {a['dim']}, chunk {a['chunk_rows']} rows, {state}")
+                layer = a["layer"]
+                if layer is not None:
+                    per = f" ({layer['rows_per_image']} rows per image)" if layer["rows_per_image"] != 1 else ""
+                    echo(f"    network {a['network']}, layer {layer['tensor']} ({layer['op']}, "
+                         f"{' x '.join(map(str, layer['shape']))}), pooling {a['pooling']}{per}")
 
 
 @app.command()

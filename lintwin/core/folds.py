@@ -1,9 +1,10 @@
 """Cross-validation folds over images: which fold each row belongs to.
 
-Rows of one image (its augmented views, ids ``name#vK``) always share a fold, so no view of
-a held-out image is ever fitted on. The driver accumulates one set of moments per fold
-(:func:`lintwin.core.driver.accumulate_folds`) in the same single pass; a fold's training
-moments are the merge of the others, so K-fold CV needs no further pass.
+Rows of one image (its augmented views, ids ``name#vK``, and its positions, ``name#pK`` or
+``name#vK#pJ``) always share a fold, so no view or position of a held-out image is ever fitted
+on. The driver accumulates one set of moments per fold (:func:`lintwin.core.driver.accumulate_folds`)
+in the same single pass; a fold's training moments are the merge of the others, so K-fold CV needs
+no further pass.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from ..errors import LintwinError
 
 __all__ = ["image_folds"]
 
-_VIEW = re.compile(r"#v\d+$")
+_VIEW = re.compile(r"(#[vp]\d+)+$")  # view and position suffixes
 
 
 def image_folds(ids: np.ndarray | None, rows: int, k: int, seed: int = 0) -> np.ndarray:
-    """Fold index of each row: images (ids without their ``#vN`` view suffix) spread over ``k`` folds."""
+    """Fold index of each row: images (ids without their ``#vN`` / ``#pN`` suffixes) spread over ``k`` folds."""
     if k < 2:
         raise LintwinError(f"cross-validation needs at least 2 folds, got {k}")
     if ids is None:  # no ids: every row is its own image

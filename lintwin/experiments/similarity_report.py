@@ -92,7 +92,7 @@ def similarity_figure(sim: Similarity) -> Figure:
     left, right = ax[0, 0], ax[0, 1]
     left.plot(np.arange(1, len(sim.cca) + 1), sim.cca, lw=1.5)
     left.set(xlabel="canonical direction", ylabel="canonical correlation ρ", ylim=(0, 1.05),
-             title=f"CCA spectrum\n{sim.names[0]} vs {sim.names[1]}")
+             title=f"CCA spectrum\n{sim.names[0]}\nvs {sim.names[1]}")  # one name a line: layer names are long
     ranks = list(sim.info.get("rank", {}).values())
     if len(sim.cca) and ranks and sim.n - 1 <= max(ranks):
         left.text(0.5, 0.45, f"degenerate: {sim.n} rows for {max(ranks)} independent units,\n"

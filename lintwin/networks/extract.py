@@ -1,4 +1,8 @@
-"""Images -> backbone features -> feature store, chunk by chunk, resumable, never spliced.
+"""Images -> backbone features (or any layers of a model) -> feature store, chunk by chunk, resumable, never spliced.
+
+:func:`extract_features` stores a backbone's output; :func:`extract_layers` stores any tensors of
+a model, one array per layer, pooled as :mod:`lintwin.networks.pooling` says, from one forward
+pass per batch (every requested tensor an extra output of the model).
 
 Rows are image-major (all views of image 0, then image 1, ...). Each store chunk is
 computed in the same backbone batches whether a run starts fresh or resumes, and views are
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -33,10 +38,16 @@ from ..errors import LintwinError, ShapeError, StoreError
 from ..storage.layout import check_name, default_chunk_rows
 from ..storage.store import FeatureStore
 from .images import ImageSet, decode_image
-from .onnx_models import Backbone, Head, NetworkSpec
+from .layers import Layer, read_model
+from .onnx_models import Backbone, Head, ModelSpec, NetworkSpec, file_sha256
+from .pooling import check_pooling, pool_rows, position_ids, recorded_pooling, row_width, rows_per_sample
 from .preprocess import Augment, Preprocess
+from .taps import Taps
 
-__all__ = ["ExtractSummary", "default_workers", "extract_features"]
+__all__ = ["ExtractSummary", "LayerArray", "LayersSummary", "default_workers", "extract_features", "extract_layers",
+           "layer_array_name"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -197,13 +208,7 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
     check_name(split, "split")
     if name is not None:
         check_name(name)
-    if len(images) == 0:
-        raise ShapeError(f"no usable images in {images.description}")
-    aug = Augment() if augment is True else (augment or None)
-    if views < 1 or (views > 1 and aug is None):
-        raise LintwinError("views > 1 needs augment (unaugmented views would be identical)")
-    if batch < 1:
-        raise LintwinError(f"batch must be at least 1, got {batch}")
+    aug = _check_run(images, views, augment, batch)
     spec = NetworkSpec.for_model(backbone_path, sidecar)
     name = check_name(name or spec.name)
     net = Backbone(backbone_path)
@@ -229,20 +234,212 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
         if np.all(labels >= 0):  # an unlabelled pool (-1) stores no labels
             store.set_labels(split, labels)
         start = FeatureStore.rows_written(arr)
-        _run(arr, spec, net, images, name, split, views, aug, seed, batch, workers, progress)
+
+        def forward(x: np.ndarray) -> list[np.ndarray]:
+            out = net(x)
+            if out.shape != (x.shape[0], spec.feature_dim):
+                raise ShapeError(f"{net.path.name} gave features of shape {out.shape} for "
+                                 f"{x.shape[0]} images; its sidecar says {spec.feature_dim} per image")
+            return [out]
+
+        _stream([arr], [name], 1, forward, spec.preprocess, images, f"extract {name} {split}", views, aug, seed,
+                batch, workers, progress)
     finally:
         store.close()
     return ExtractSummary(name, split, rows, spec.feature_dim, start, list(images.skipped))
 
 
-def _run(arr: Any, spec: NetworkSpec, net: Backbone, images: ImageSet, name: str, split: str, views: int,
-         aug: Augment | None, seed: int, batch: int, workers: int | None, progress: bool) -> None:
-    """Compute and write the rows from ``rows_written`` on, chunk by chunk."""
-    rows = int(arr.shape[0])
-    start = FeatureStore.rows_written(arr)
-    chunk = int(arr.chunks[0])
-    batch = -(-batch // views) * views  # whole images per backbone call: each photo decoded once for its views
-    spans = [(lo, hi, b_lo, b_hi) for lo, hi in row_spans(rows, chunk, start) for b_lo, b_hi in row_spans(hi, batch, lo)]
+@dataclass
+class LayerArray:
+    """One stored layer array: its name in the store and what it holds."""
+
+    array: str
+    layer: Layer
+    pooling: str
+    dim: int
+
+
+@dataclass
+class LayersSummary:
+    network: str
+    split: str
+    images: int
+    rows: int
+    arrays: list[LayerArray]
+    resumed_from: int
+    skipped: list[str] = field(default_factory=list)
+
+
+def layer_array_name(network: str, tensor: str) -> str:
+    """The store name of ``network``'s layer ``tensor``: ``NETWORK+TENSOR`` with the tensor name made storable.
+
+    A leading ``/`` and a trailing ``_output_0`` (the names PyTorch's exporter gives) are dropped and
+    every run of other characters than letters, digits, ``.``, ``_`` and ``-`` becomes one ``.``,
+    e.g. ``/body/body.4/relu/Relu_output_0`` → ``NETWORK+body.body.4.relu.Relu``.
+    """
+    slug = _UNSAFE.sub(".", tensor.lstrip("/").removesuffix("_output_0")).strip(".") or "tensor"
+    return check_name(f"{network}+{slug}", "layer array")
+
+
+def _layer_attrs(name: str, layer: Layer, pooling: str, per_sample: int) -> dict[str, Any]:
+    """What the array records of its layer (listed by ``lintwin info``; used to compare and stitch layers)."""
+    return {"network": name, "tensor": layer.name, "op": layer.op, "node": layer.node, "shape": ["N", *layer.shape],
+            "kind": layer.kind, "channels": layer.channels, "grid": None if layer.grid is None else list(layer.grid),
+            "pooling": pooling, "rows_per_image": per_sample}
+
+
+def _rows_kind(info: dict[str, Any]) -> str:
+    layer = info.get("layer") if isinstance(info.get("layer"), dict) else {}
+    if layer.get("pooling") == "positions":
+        return f"one row per image and position of a {' x '.join(map(str, layer.get('grid') or []))} grid"
+    return "one row per image"
+
+
+def _check_rows_kind(store_path: Path, split: str, arrays: list[str], pool: str, layer: Layer) -> None:
+    """Refuse rows of another kind than the split holds (per image, or per position of another grid), naming both."""
+    if not (store_path / "zarr.json").is_file():
+        return
+    store = FeatureStore.open(store_path)
+    if split not in store.splits():
+        return
+    others = [n for n in store.networks(split) if n not in arrays]
+    if not others:
+        return
+    ours = _rows_kind({"layer": {"pooling": pool, "grid": list(layer.grid or ())}})
+    theirs = {n: _rows_kind(store.info(split, n)) for n in others}
+    differ = [n for n, kind in theirs.items() if kind != ours]
+    if differ:
+        raise ShapeError(f"split {split!r} holds {theirs[differ[0]]} ({', '.join(differ[:3])}); {layer.name} with "
+                         f"--pool {pool} gives {ours}: rows of a split are paired, so extract it into another split")
+
+
+def extract_layers(model_path: str | Path, images: ImageSet, store_path: str | Path, *, split: str,
+                   layers: Sequence[str], pool: str = "avg", name: str | None = None, views: int = 1,
+                   augment: bool | Augment = False, seed: int = 0, batch: int = 64,
+                   sidecar: str | Path | None = None, chunk_rows: int | None = None, workers: int | None = None,
+                   overwrite: bool = False, progress: bool = True) -> LayersSummary:
+    """Store the tensors ``layers`` of the ONNX model at ``model_path`` for ``images``, one array per layer.
+
+    One forward pass per batch gives every requested tensor (each an extra output of the model).
+    ``pool`` is ``avg``, ``positions``, ``cls`` or ``flatten`` (:mod:`lintwin.networks.pooling`);
+    with ``positions`` every layer must have the same grid, since rows of one split are paired.
+    Arrays are named by :func:`layer_array_name` and record the layer (tensor, op, shape, kind,
+    channels, grid, pooling) and what produced them; like :func:`extract_features` the run is
+    checked before the store is touched, resumable, and never spliced.
+    """
+    store_path = Path(store_path)
+    model_path = Path(model_path)
+    check_name(split, "split")
+    if name is not None:
+        check_name(name)
+    aug = _check_run(images, views, augment, batch)
+    spec = ModelSpec.for_model(model_path, sidecar)
+    name = check_name(name or spec.name)
+    if not layers:
+        raise LintwinError("no layers asked for: give tensor names (`lintwin layers MODEL` lists them)")
+    if len(set(layers)) != len(layers):
+        twice = sorted({t for t in layers if list(layers).count(t) > 1})
+        raise LintwinError(f"a layer is asked for twice: {', '.join(twice)}")
+    graph = read_model(model_path, spec.preprocess)
+    chosen = [graph.layer(t) for t in layers]
+    for la in chosen:
+        check_pooling(la, pool)
+    if pool == "positions":
+        grids = {la.grid for la in chosen}
+        if len(grids) > 1:
+            detail = ", ".join(f"{la.name}: {' x '.join(map(str, la.grid or ()))}" for la in chosen)
+            raise ShapeError(f"per-position rows of layers with different grids cannot share a split ({detail}): "
+                             "rows are paired position by position, so extract each grid into its own split")
+    arrays = [layer_array_name(name, la.name) for la in chosen]
+    clash = sorted({a for a in arrays if arrays.count(a) > 1})
+    if clash:
+        raise LintwinError(f"layers {', '.join(la.name for la, a in zip(chosen, arrays) if a in clash)} would be "
+                           f"stored under the same name {clash[0]}; extract them in separate runs with other --name")
+    per_sample = rows_per_sample(chosen[0], pool)
+    _check_rows_kind(store_path, split, arrays, pool, chosen[0])
+    taps = Taps(graph.model, [la.name for la in chosen], model_path.name)
+    first = taps(spec.preprocess(images.load(0))[None])
+    for la, out in zip(chosen, first, strict=True):  # the size on a real image, against the inferred/probed one
+        pool_rows(out, la, pool)
+
+    rows = len(images) * views * per_sample
+    samples = [f"{i}#v{v}" if views > 1 else i for i in images.ids for v in range(views)]
+    ids = position_ids(samples, per_sample) if pool == "positions" else samples
+    labels = np.repeat(images.labels, views * per_sample)
+    model_sha = file_sha256(model_path)
+    base = {"model_sha256": model_sha, "preprocess": spec.preprocess.as_dict(), "views": views,
+            "augment": None if aug is None else {**aug.as_dict(), "seed": seed},
+            "images_sha256": images.sha256(), "images": len(images)}
+    provs = [{**base, "layer": la.name, "pooling": pool} for la in chosen]
+    decisions = [_prepare_split(store_path, split, a, rows, prov, ids, labels, overwrite)
+                 for a, prov in zip(arrays, provs, strict=True)]
+    dims = [row_width(la, pool) for la in chosen]
+    chunk = chunk_rows or default_chunk_rows(max(dims))
+    unit = views * per_sample
+    chunk = -(-chunk // unit) * unit  # whole images per chunk: each photo decoded once, resumes between images
+
+    if store_path.is_dir() and not any(store_path.iterdir()):
+        store_path.rmdir()  # an empty folder: left by a run killed as it created the store (holds nothing)
+    store = FeatureStore.create(store_path)
+    try:
+        store.check_writable(split, arrays, index=True)  # so nothing is removed before a refusal
+        replace_index = any(index for _, index in decisions)
+        for a, (replace, _) in zip(arrays, decisions, strict=True):
+            _clear(store, split, a if replace else None, False)
+        if replace_index:
+            _clear(store, split, None, True)
+        opened = []
+        for a, la, prov, dim, (replace, _) in zip(arrays, chosen, provs, dims, decisions, strict=True):
+            opened.append(store.open_features_for_write(
+                split, a, rows=rows, dim=dim, chunk_rows=chunk, model_sha256=model_sha,
+                source=json.dumps(prov, sort_keys=True), overwrite=replace, ids=ids,
+                extra_attrs={"provenance": prov, "layer": _layer_attrs(name, la, recorded_pooling(la, pool),
+                                                                         per_sample)}))
+        if np.all(labels >= 0):  # an unlabelled pool (-1) stores no labels
+            store.set_labels(split, labels)
+        start = min(FeatureStore.rows_written(a) for a in opened)
+
+        def forward(x: np.ndarray) -> list[np.ndarray]:
+            return [pool_rows(out, la, pool) for out, la in zip(taps(x), chosen, strict=True)]
+
+        _stream(opened, arrays, per_sample, forward, spec.preprocess, images, f"extract {name} {split}", views, aug,
+                seed, batch, workers, progress)
+    finally:
+        store.close()
+    return LayersSummary(name, split, len(images), rows,
+                         [LayerArray(a, la, recorded_pooling(la, pool), d) for a, la, d in zip(arrays, chosen, dims)],
+                         start, list(images.skipped))
+
+
+def _check_run(images: ImageSet, views: int, augment: bool | Augment, batch: int) -> Augment | None:
+    """The settings every extraction shares, checked; returns the augmentation (None: plain views)."""
+    if len(images) == 0:
+        raise ShapeError(f"no usable images in {images.description}")
+    aug = Augment() if augment is True else (augment or None)
+    if views < 1 or (views > 1 and aug is None):
+        raise LintwinError("views > 1 needs augment (unaugmented views would be identical)")
+    if batch < 1:
+        raise LintwinError(f"batch must be at least 1, got {batch}")
+    return aug
+
+
+def _stream(arrays: list[Any], names: list[str], per_sample: int, forward: Callable[[np.ndarray], list[np.ndarray]],
+            preprocess: Preprocess, images: ImageSet, label: str, views: int, aug: Augment | None, seed: int,
+            batch: int, workers: int | None, progress: bool) -> None:
+    """Compute and write the rows of ``arrays`` chunk by chunk, from the first row one of them lacks.
+
+    A sample is one view of one image; it gives ``per_sample`` rows of each array (its positions),
+    and ``forward`` turns a batch of samples into one block of rows per array. Every array has the
+    same rows and chunking, so their chunks end together; an array a kill left one chunk ahead
+    skips the rows it holds (the bytes are the same).
+    """
+    rows = int(arrays[0].shape[0])
+    chunk = int(arrays[0].chunks[0]) // per_sample  # samples per chunk (whole images: a multiple of views)
+    start = min(FeatureStore.rows_written(a) for a in arrays) // per_sample
+    samples = rows // per_sample
+    batch = -(-batch // views) * views  # whole images per forward pass: each photo decoded once for its views
+    spans = [(lo, hi, b_lo, b_hi) for lo, hi in row_spans(samples, chunk, start)
+             for b_lo, b_hi in row_spans(hi, batch, lo)]
 
     def batches() -> Iterator[_Batch]:
         for _, _, b_lo, b_hi in spans:
@@ -250,30 +447,29 @@ def _run(arr: Any, spec: NetworkSpec, net: Backbone, images: ImageSet, name: str
             for img in range(b_lo // views, (b_hi - 1) // views + 1):
                 v0, v1 = max(b_lo, img * views) - img * views, min(b_hi, (img + 1) * views) - img * views
                 items.append((img, images.source(img), v0, v1))
-            yield _Batch(items, spec.preprocess, aug, seed)
+            yield _Batch(items, preprocess, aug, seed)
 
     workers = default_workers() if workers is None else workers
     # one worker: a thread of this process (Pillow and onnxruntime release the GIL), no copies between processes
     pool: Executor = (ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1
                       else ThreadPoolExecutor(max_workers=1))
     try:
-        with tqdm(total=rows, initial=start, desc=f"extract {name} {split}", unit="img",
-                  disable=not progress) as bar:
+        with tqdm(total=samples, initial=start, desc=label, unit="img", disable=not progress) as bar:
             pixels = _ordered(pool, batches(), ahead=2 * workers + 2)
-            feats: np.ndarray | None = None
+            blocks: list[np.ndarray] = []
             for (lo, hi, b_lo, b_hi), x in zip(spans, pixels, strict=True):
                 if b_lo == lo:
-                    feats = np.empty((hi - lo, spec.feature_dim), np.float32)
-                assert feats is not None
-                out = net(spec.preprocess.normalize(x))
-                if out.shape != (b_hi - b_lo, spec.feature_dim):
-                    raise ShapeError(f"{net.path.name} gave features of shape {out.shape} for "
-                                     f"{b_hi - b_lo} images; its sidecar says {spec.feature_dim} per image")
-                feats[b_lo - lo : b_hi - lo] = out
+                    blocks = [np.empty(((hi - lo) * per_sample, int(a.shape[1])), np.float32) for a in arrays]
+                outs = forward(preprocess.normalize(x))
+                for block, out in zip(blocks, outs, strict=True):
+                    block[(b_lo - lo) * per_sample : (b_hi - lo) * per_sample] = out
                 bar.update(b_hi - b_lo)
                 if b_hi == hi:
-                    check_finite(feats, name, lo, xp=np)
-                    FeatureStore.write_rows(arr, lo, feats)
+                    for arr, name, block in zip(arrays, names, blocks, strict=True):
+                        check_finite(block, name, lo * per_sample, xp=np)
+                    for arr, block in zip(arrays, blocks, strict=True):
+                        if FeatureStore.rows_written(arr) == lo * per_sample:
+                            FeatureStore.write_rows(arr, lo * per_sample, block)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import LintwinError, ModelError, ShapeError
 from .preprocess import Preprocess, json_int
 
-__all__ = ["Backbone", "Head", "NetworkSpec", "file_sha256"]
+__all__ = ["Backbone", "Head", "ModelSpec", "NetworkSpec", "file_sha256", "open_session", "sidecar_path"]
 
 _SIDECAR_KEYS = {"name", "backbone", "head", "feature_dim", "classes", "preprocess", "class_names", "trained_on",
                  "test_accuracy", "notes"}
@@ -48,19 +48,59 @@ def _model_file(value: Any, key: str) -> str:
     return value
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
+def sidecar_path(onnx_path: str | Path, sidecar: str | Path | None = None) -> Path:
+    """``sidecar``, or ``NAME.json`` beside ``NAME.onnx`` / ``NAME.backbone.onnx`` / ``NAME.head.onnx``."""
+    onnx_path = Path(onnx_path)
+    if sidecar is not None:
+        return Path(sidecar)
+    if onnx_path.suffix == ".json":
+        return onnx_path
+    stem = onnx_path.name
+    for suffix in (".backbone.onnx", ".head.onnx", ".onnx"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return onnx_path.with_name(stem + ".json")
 
+
+def _reason(exc: Exception) -> str:
+    return f"missing key {exc}" if type(exc) is KeyError else str(exc).strip("'\"")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's JSON object; unknown keys are refused (a typo would go unseen)."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not a valid network sidecar ({exc})") from None
+    if not isinstance(d, dict):
+        raise ModelError(f"{path} is not a valid network sidecar (the sidecar must be a JSON object)")
+    unknown = sorted(set(d) - _SIDECAR_KEYS)
+    if unknown:
+        raise ModelError(f"{path} is not a valid network sidecar (unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(_SIDECAR_KEYS))}))")
+    return d
+
+
+def _session(path: Path) -> Any:
     if not path.is_file():
         raise ModelError(f"no ONNX model at {path}")
+    return open_session(path, str(path))
+
+
+def open_session(model: Path | bytes, label: str) -> Any:
+    """An onnxruntime session of a model file or serialized model, on CUDA when offered, else the CPU."""
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                    providers=providers)
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for bad files)
-        raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ModelError(f"{label} is not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 @dataclass
@@ -83,35 +123,19 @@ class NetworkSpec:
 
         ``onnx_path`` may also be the sidecar itself.
         """
-        onnx_path = Path(onnx_path)
-        if sidecar is None and onnx_path.suffix == ".json":
-            sidecar = onnx_path
-        if sidecar is None:
-            stem = onnx_path.name
-            for suffix in (".backbone.onnx", ".head.onnx", ".onnx"):
-                if stem.endswith(suffix):
-                    stem = stem[: -len(suffix)]
-                    break
-            sidecar = onnx_path.with_name(stem + ".json")
-        sidecar = Path(sidecar)
-        if not sidecar.is_file():
-            raise ModelError(f"no sidecar {sidecar} describing {onnx_path.name} (name, feature_dim, preprocess)")
+        path = sidecar_path(onnx_path, sidecar)
+        if not path.is_file():
+            raise ModelError(f"no sidecar {path} describing {Path(onnx_path).name} (name, feature_dim, preprocess)")
+        d = _read_sidecar(path)
         try:
-            d = json.loads(sidecar.read_text())
-            if not isinstance(d, dict):
-                raise TypeError("the sidecar must be a JSON object")
-            unknown = sorted(set(d) - _SIDECAR_KEYS)
-            if unknown:
-                raise KeyError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_SIDECAR_KEYS))})")
-            spec = cls(name=str(d["name"]), root=sidecar.parent, backbone_file=_model_file(d["backbone"], "backbone"),
+            spec = cls(name=str(d["name"]), root=path.parent, backbone_file=_model_file(d["backbone"], "backbone"),
                        head_file=_model_file(d["head"], "head"), feature_dim=json_int(d["feature_dim"], "feature_dim"),
                        classes=json_int(d["classes"], "classes"), preprocess=Preprocess.from_dict(d["preprocess"]),
-                       raw=d, sidecar=sidecar)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, LintwinError) as exc:
-            what = f"missing key {exc}" if type(exc) is KeyError and "unknown" not in str(exc) else str(exc).strip("'\"")
-            raise ModelError(f"{sidecar} is not a valid network sidecar ({what})") from None
+                       raw=d, sidecar=path)
+        except (KeyError, TypeError, ValueError, LintwinError) as exc:
+            raise ModelError(f"{path} is not a valid network sidecar ({_reason(exc)})") from None
         if spec.feature_dim < 1 or spec.classes < 1:
-            raise ModelError(f"{sidecar}: feature_dim and classes must be positive")
+            raise ModelError(f"{path}: feature_dim and classes must be positive")
         return spec
 
     @property
@@ -126,6 +150,34 @@ class NetworkSpec:
     @property
     def head_path(self) -> Path:
         return self.root / self.head_file
+
+
+@dataclass
+class ModelSpec:
+    """What reading a whole model's layers needs from its sidecar: a name and the preprocessing.
+
+    The sidecar is the one of a backbone + head pair (``NAME.json`` beside ``NAME.onnx``) or
+    any sidecar with at least ``preprocess``; ``name`` defaults to the model's file name.
+    """
+
+    name: str
+    path: Path
+    preprocess: Preprocess
+    raw: dict
+
+    @classmethod
+    def for_model(cls, onnx_path: str | Path, sidecar: str | Path | None = None) -> ModelSpec:
+        path = sidecar_path(onnx_path, sidecar)
+        if not path.is_file():
+            raise ModelError(f"no sidecar {path} giving the preprocessing of {Path(onnx_path).name} "
+                             "(a JSON object with at least 'preprocess'; see the sidecar keys)")
+        d = _read_sidecar(path)
+        try:
+            pre = Preprocess.from_dict(d["preprocess"])
+        except (KeyError, LintwinError) as exc:
+            raise ModelError(f"{path} is not a valid network sidecar ({_reason(exc)})") from None
+        name = str(d.get("name") or Path(onnx_path).name.removesuffix(".onnx"))
+        return cls(name=name, path=path, preprocess=pre, raw=d)
 
 
 class _Runner:
