@@ -28,7 +28,7 @@ from .factor import ScaledSystem, factor, solve_scaled, symmetric_eigen
 
 __all__ = ["PrecisionWarning", "RankWarning", "check_ridge", "reduce_rank", "solve_affine"]
 
-ERROR_WARN = 1e-4  # expected relative error of W above which lintwin warns
+PREDICTION_WARN = 1e-4  # estimated relative error of the mapped features above which a printed figure could change
 
 
 class RankWarning(UserWarning):
@@ -36,7 +36,7 @@ class RankWarning(UserWarning):
 
 
 class PrecisionWarning(UserWarning):
-    """The expected relative error of the map exceeds :data:`ERROR_WARN` at the chosen precision."""
+    """The mapped features' estimated relative error exceeds :data:`PREDICTION_WARN` at the chosen precision."""
 
 
 def solve_affine(
@@ -126,14 +126,18 @@ def _finish(wt: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[
     weight = xp.matrix_transpose(wt)
     bias = mean_y - weight @ mean_x
     cond = info.get("condition", float("inf"))
-    # After a truncation this is the error of the truncated solution (set by the kept spectrum).
+    # First-order estimates from the rounding of the moments (not bounds; see conditioning.py). After a
+    # truncation they are those of the truncated solution (set by the kept spectrum).
     info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"])
     info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"])
-    if info["expected_error"] > ERROR_WARN:
+    info["error_kind"] = ("first-order estimates from the rounding of the moments: W's in the scaled space "
+                          "(each source unit's weights times its spread), and the mapped features'")
+    if info["prediction_error"] > PREDICTION_WARN:
         hint = "use --precision float64" if info["precision"] == "float32" else "add a ridge (--ridge λ or auto)"
-        warnings.warn(f"{label}: the scaled system's condition number is ≈ {cond:.2e}, so W is expected to be "
-                      f"within a relative {info['expected_error']:.1e} only at {info['precision']} precision; "
-                      f"{hint}", PrecisionWarning, stacklevel=3)
+        warnings.warn(f"{label}: the scaled system's condition number is ≈ {cond:.2e}, so the mapped features are "
+                      f"estimated to be within a relative {info['prediction_error']:.1e} only (W within "
+                      f"{info['expected_error']:.1e}) at {info['precision']} precision; figures printed to 4 decimals "
+                      f"could change: {hint}", PrecisionWarning, stacklevel=3)
     return weight, bias, info
 
 
