@@ -73,8 +73,8 @@ def _detail(mp: AffineMap) -> str:
     if st["rank"] < effective:
         text += f"; the retained rank-{st['rank']} system's ≈ {st['retained_condition']:.3g}"
     text += ")"
-    return text + (f"; estimated relative error (first order, {st['precision']} products) of W ≈ "
-                   f"{st['expected_error']:.1e}, of the mapped features ≈ {st['prediction_error']:.1e}")
+    return text + (f", expected relative error of W ≈ {st['expected_error']:.1e} and of the mapped features ≈ "
+                   f"{st['prediction_error']:.1e} ({st['precision']} products; first-order estimates, not bounds)")
 
 
 @app.command()
