@@ -64,6 +64,7 @@ class Neighbours:
     rows: np.ndarray
     metric: str
     first: int = 0
+    rechecked: int = 0  # rows whose float32 window did not fit the pool and were searched again
 
     @property
     def k(self) -> int:
@@ -71,14 +72,16 @@ class Neighbours:
 
     def head(self, k: int) -> Neighbours:
         """The k nearest of these (exact too: a prefix of an exact sorted list)."""
-        return Neighbours(self.index[:, :k], self.key[:, :k], self.kernel[:, :k], self.rows, self.metric, self.first)
+        return Neighbours(self.index[:, :k], self.key[:, :k], self.kernel[:, :k], self.rows, self.metric, self.first,
+                          self.rechecked)
 
     @staticmethod
     def concat(parts: list[Neighbours]) -> Neighbours:
         """Join query ranges given in order."""
         parts = sorted(parts, key=lambda p: p.first)
         return Neighbours(np.concatenate([p.index for p in parts]), np.concatenate([p.key for p in parts]),
-                          np.concatenate([p.kernel for p in parts]), parts[0].rows, parts[0].metric, parts[0].first)
+                          np.concatenate([p.kernel for p in parts]), parts[0].rows, parts[0].metric, parts[0].first,
+                          sum(p.rechecked for p in parts))
 
 
 def faiss_module() -> Any:
@@ -229,7 +232,7 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
     loose = np.flatnonzero(~certified)
     if loose.size:
         _window_search(segments, loose, window, (q_lo, q_hi), k, block_rows, index, key, kern, eps)
-    return Neighbours(index, key, kern, source.store_rows(), metric, q_lo)
+    return Neighbours(index, key, kern, source.store_rows(), metric, q_lo, int(loose.size))
 
 
 def _rescore_pool(segments: _Segments, cand_j: np.ndarray, need: np.ndarray, query: tuple[int, int], k: int,
