@@ -61,10 +61,14 @@ def load_lists(store: FeatureStore, split: str, name: str, metric: str, k: int) 
     return nb.head(k)
 
 
-def save_lists(store: FeatureStore, split: str, name: str, nb: Neighbours) -> Path:
-    """Write ``nb`` (lists over every row of the split) beside the store, atomically."""
+def save_lists(store: FeatureStore, split: str, name: str, nb: Neighbours, features: str) -> Path:
+    """Write ``nb`` (lists over every row of the split, computed from the features whose fingerprint is
+    ``features``) beside the store, atomically; refused when the array has changed since."""
+    if fingerprint(store, split, name) != features:
+        raise LintwinError(f"features of {name!r} in split {split!r} changed while their neighbours were computed; "
+                           "run again")
     path = _path(store, split, name, nb.metric)
-    meta = {"fingerprint": fingerprint(store, split, name), "metric": nb.metric, "k": nb.k, "rows": len(nb.rows),
+    meta = {"fingerprint": features, "metric": nb.metric, "k": nb.k, "rows": len(nb.rows),
             "rechecked": nb.rechecked, "format": "lintwin.neighbours/1"}
     buf = io.BytesIO()
     np.savez(buf, index=nb.index, key=nb.key, kernel=nb.kernel, meta=np.asarray(json.dumps(meta)))
@@ -102,6 +106,7 @@ def store_lists(store: FeatureStore, split: str, name: str, k: int, *, metric: s
         saved = load_lists(store, split, name, metric, k)
         if saved is not None:
             return saved, "reused"
+    before = fingerprint(store, split, name) if whole and save else ""
     source = StoreSource(str(store.path), split, name, None if whole else tuple(int(r) for r in subset))
     if client is not None:
         nb = knn_dask(client, source, k, metric=metric, block_rows=block_rows)
@@ -110,5 +115,5 @@ def store_lists(store: FeatureStore, split: str, name: str, k: int, *, metric: s
         nb = exact_knn(source, k, metric=metric, block_rows=block_rows, progress=progress)
         how = "computed"
     if whole and save:
-        save_lists(store, split, name, nb)
+        save_lists(store, split, name, nb, before)
     return nb, how

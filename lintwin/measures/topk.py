@@ -200,30 +200,29 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
     qnorm = np.zeros(nq)
     max_key_norm = 0.0
     fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    bar = tqdm(total=len(segments.spans) * nq, desc="neighbours", unit="row", disable=not progress)
-    for seg in segments:
-        s0, raw, norms, prep = seg
-        max_key_norm = max(max_key_norm, float(norms.max()))
-        width = min(pool + 1, prep.shape[0])
-        for a, x, xn in _queries(segments, seg, q_lo, q_hi, block_rows):
-            r = slice(a - q_lo, a - q_lo + x.shape[0])
-            qnorm[r] = xn
-            dist, idx = faiss.knn(_prepared(x, xn, metric), prep, width, metric=fmetric)
-            idx = idx.astype(np.int64) + s0
-            c = -dist.astype(np.float64) if metric == "cosine" else dist.astype(np.float64)
-            if width < prep.shape[0]:  # rows FAISS did not return are no better than its worst
-                floor[r] = np.minimum(floor[r], c.max(axis=1))
-            own = idx == np.arange(a, a + x.shape[0])[:, None]
-            c[own], idx[own] = np.inf, np.iinfo(np.int64).max
-            both_c = np.concatenate([cand_c[r], c], axis=1)
-            both_j = np.concatenate([cand_j[r], idx], axis=1)
-            order = np.argsort(both_c, axis=1, kind="stable")
-            both_c, both_j = np.take_along_axis(both_c, order, 1), np.take_along_axis(both_j, order, 1)
-            if both_c.shape[1] > pool:
-                floor[r] = np.minimum(floor[r], both_c[:, pool])
-            cand_c[r], cand_j[r] = both_c[:, :pool], both_j[:, :pool]
-            bar.update(x.shape[0])
-    bar.close()
+    with tqdm(total=len(segments.spans) * nq, desc="neighbours", unit="row", disable=not progress) as bar:
+        for seg in segments:
+            s0, raw, norms, prep = seg
+            max_key_norm = max(max_key_norm, float(norms.max()))
+            width = min(pool + 1, prep.shape[0])
+            for a, x, xn in _queries(segments, seg, q_lo, q_hi, block_rows):
+                r = slice(a - q_lo, a - q_lo + x.shape[0])
+                qnorm[r] = xn
+                dist, idx = faiss.knn(_prepared(x, xn, metric), prep, width, metric=fmetric)
+                idx = idx.astype(np.int64) + s0
+                c = -dist.astype(np.float64) if metric == "cosine" else dist.astype(np.float64)
+                if width < prep.shape[0]:  # rows FAISS did not return are no better than its worst
+                    floor[r] = np.minimum(floor[r], c.max(axis=1))
+                own = idx == np.arange(a, a + x.shape[0])[:, None]
+                c[own], idx[own] = np.inf, np.iinfo(np.int64).max
+                both_c = np.concatenate([cand_c[r], c], axis=1)
+                both_j = np.concatenate([cand_j[r], idx], axis=1)
+                order = np.argsort(both_c, axis=1, kind="stable")
+                both_c, both_j = np.take_along_axis(both_c, order, 1), np.take_along_axis(both_j, order, 1)
+                if both_c.shape[1] > pool:
+                    floor[r] = np.minimum(floor[r], both_c[:, pool])
+                cand_c[r], cand_j[r] = both_c[:, :pool], both_j[:, :pool]
+                bar.update(x.shape[0])
     eps = knn_bound(metric, d, qnorm, max_key_norm)
     window = cand_c[:, k - 1] + 2 * eps
     certified = floor > window
