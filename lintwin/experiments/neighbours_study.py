@@ -118,7 +118,7 @@ def neighbours(store: FeatureStore | str | Path, a: str, b: str, *, split: str =
     order = np.random.default_rng(seed).permutation(n)
     for size in sizes:
         if size == n:
-            curve.append({k_: v for k_, v in whole.items()} | {"seconds": 0.0})
+            curve.append(dict(whole) | {"seconds": 0.0})
             continue
         subset = np.sort(order[:size])  # nested: each size holds every smaller one
         t0 = time.perf_counter()
