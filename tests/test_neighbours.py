@@ -211,9 +211,11 @@ def _write_store(path: Path, n: int = N) -> Path:
     arrays = {"A": z @ rng.standard_normal((6, 12)) + 0.3 * rng.standard_normal((n, 12)),
               "B": np.maximum(z @ rng.standard_normal((6, 9)), 0) + 0.1 * rng.standard_normal((n, 9)),
               "C": rng.standard_normal((n, 7)),
-              "nan": rng.standard_normal((n, 5)), "zero": rng.standard_normal((n, 5))}
+              "nan": rng.standard_normal((n, 5)), "zero": rng.standard_normal((n, 5)),
+              "huge": rng.standard_normal((n, 5))}
     arrays["nan"][3, 2] = np.nan
     arrays["zero"][5] = 0.0
+    arrays["huge"][4] = 1e19
     s = FeatureStore.create(path)
     for split, rows in (("train", n), ("val", n // 2)):
         ids = [f"{split}/{i:05d}.png" for i in range(rows)]
@@ -351,6 +353,8 @@ BAD = [
                  "all-zero row(s) 5", id="zero-row-under-cosine"),
     pytest.param(["neighbours", S, "--nets", "A", "zero", "--out", "{dir}/out"], None, 1,
                  "all-zero row(s) 5", id="zero-row-in-matrix"),
+    pytest.param(["neighbours", S, "--a", "huge", "--b", "A", "--metric", "l2", "--out", "{dir}/out"], None, 1,
+                 "norm above 1e+18 (rows 4)", id="l2-distances-overflow-float32"),
     pytest.param(PAIR + ["--metric", "manhattan"], None, 2, "--metric", id="unknown-metric"),
     pytest.param(PAIR + ["--null", "1"], None, 1, "at least 2 repetitions", id="null-one"),
     pytest.param(PAIR + ["--null", "-3"], None, 1, "at least 2 repetitions", id="null-negative"),

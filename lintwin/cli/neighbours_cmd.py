@@ -11,11 +11,10 @@ import typer
 
 from ..core.files import atomic_write
 from ..errors import LintwinError
-from ..experiments.neighbours_report import alignment_text, curve_text, matrix_text, plot_curve
+from ..experiments.neighbours_report import alignment_text, curve_text, matrix_text, plot_curve, strict_json
 from ..experiments.neighbours_study import neighbour_matrix, neighbours
 from ..storage.store import FeatureStore
 from ._common import DaskOpt, QuietOpt, app, check_writable_dir, cli_errors, echo, maybe_dask
-from .similarity_cmd import _finite
 from .study_cmds import _ListOptions
 
 
@@ -92,7 +91,7 @@ def neighbours_cmd(
                      f"chance k/(n-1) = {res['chance_mutual_knn']:.3g}")
                 echo(matrix_text(res, "mutual_knn"))
                 echo(matrix_text(res, "cknna"))
-                _write(out, {"neighbours_matrix.json": json.dumps(_finite(res), indent=2, allow_nan=False).encode()})
+                _write(out, {"neighbours_matrix.json": json.dumps(strict_json(res), indent=2, allow_nan=False).encode()})
                 echo(f"wrote {out / 'neighbours_matrix.json'}")
                 return
             res = neighbours(s, a, b, split=split, k=k, metric=metric.value, null=null, seed=seed, sizes=size_list,
@@ -105,6 +104,6 @@ def neighbours_cmd(
         echo(f"chance level k/(n-1) = {res['chance_mutual_knn']:.4g}")
         if len(res["curve"]) > 1:
             echo(curve_text(res["curve"]))
-        _write(out, {"neighbours.json": json.dumps(_finite(res), indent=2, allow_nan=False).encode()})
+        _write(out, {"neighbours.json": json.dumps(strict_json(res), indent=2, allow_nan=False).encode()})
         png = plot_curve(res, out / "neighbours.png")
         echo(f"wrote {out / 'neighbours.json'} and {png}")

@@ -9,7 +9,20 @@ import numpy as np
 
 from .report import format_table, new_figure, save_figure
 
-__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve"]
+__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve", "strict_json"]
+
+
+def strict_json(x: Any) -> Any:
+    """``x`` with NumPy scalars as Python numbers and NaN/Inf as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _num(v: float | None, fmt: str = "{:.4f}") -> str:
@@ -46,11 +59,11 @@ def curve_text(curve: list[dict[str, Any]]) -> str:
     rows = []
     for p in curve:
         row: list[object] = [p["rows"], p["mutual_knn"], "—" if p["cknna"] is None else p["cknna"],
-                             p["chance_mutual_knn"]]
+                             p["chance_mutual_knn"], f"{p['mutual_knn'] / p['chance_mutual_knn']:.1f}"]
         if has_null:
             row += _null_cells(p, "mutual_knn")
         rows.append(row)
-    headers = ["rows", "mutual k-NN", "CKNNA", "chance k/(n-1)"] + (["null mean ± sd", "z", "p"] if has_null else [])
+    headers = ["rows", "mutual k-NN", "CKNNA", "chance k/(n-1)", "× chance"] + (["null mean ± sd", "z", "p"] if has_null else [])
     return format_table(headers, rows)
 
 

@@ -47,6 +47,8 @@ METRICS = ("cosine", "l2")
 _U32 = 2.0**-24
 _KEY_BYTES = 2 * 2**30  # float32 keys held in memory at once
 _RESCORE_BYTES = 1 << 27  # float64 rows gathered at once to rescore pairs
+_MAX_L2_NORM = 1e18  # beyond this, squared distances overflow float32 (3.4e38)
+_NONE = np.iinfo(np.int64).max  # "no candidate" (sorts after every row)
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,14 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
         raise LintwinError(f"block_rows must be >= 1, got {block_rows}")
     faiss = faiss_module()
     q_lo, q_hi = query if query is not None else (0, m)
+    if not 0 <= q_lo < q_hi <= m:
+        raise LintwinError(f"query rows {q_lo}..{q_hi} are not within the {m} rows of {source.label()}")
     segment_rows = segment_rows or max(1, _KEY_BYTES // (4 * d))
     pool = min(m - 1, pool or max(2 * k, k + 16))
     segments = _Segments(source, metric, block_rows, segment_rows)
     nq = q_hi - q_lo
     cand_c = np.full((nq, pool), np.inf)
-    cand_j = np.full((nq, pool), np.iinfo(np.int64).max, dtype=np.int64)
+    cand_j = np.full((nq, pool), _NONE, dtype=np.int64)
     floor = np.full(nq, np.inf)
     qnorm = np.zeros(nq)
     max_key_norm = 0.0
@@ -204,6 +208,11 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
         for seg in segments:
             s0, raw, norms, prep = seg
             max_key_norm = max(max_key_norm, float(norms.max()))
+            if metric == "l2" and max_key_norm > _MAX_L2_NORM:
+                big = source.store_rows()[s0 + np.flatnonzero(norms > _MAX_L2_NORM)]
+                raise LintwinError(f"{source.label()} has rows of norm above {_MAX_L2_NORM:.0e} (rows "
+                                   f"{', '.join(str(r) for r in big[:5])}): their squared distances overflow float32; "
+                                   "rescale the features or use --metric cosine")
             width = min(pool + 1, prep.shape[0])
             for a, x, xn in _queries(segments, seg, q_lo, q_hi, block_rows):
                 r = slice(a - q_lo, a - q_lo + x.shape[0])
@@ -214,7 +223,7 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
                 if width < prep.shape[0]:  # rows FAISS did not return are no better than its worst
                     floor[r] = np.minimum(floor[r], c.max(axis=1))
                 own = idx == np.arange(a, a + x.shape[0])[:, None]
-                c[own], idx[own] = np.inf, np.iinfo(np.int64).max
+                c[own], idx[own] = np.inf, _NONE
                 both_c = np.concatenate([cand_c[r], c], axis=1)
                 both_j = np.concatenate([cand_j[r], idx], axis=1)
                 order = np.argsort(both_c, axis=1, kind="stable")
@@ -231,6 +240,10 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
     loose = np.flatnonzero(~certified)
     if loose.size:
         _window_search(segments, loose, window, (q_lo, q_hi), k, block_rows, index, key, kern, eps)
+    if (index == _NONE).any() or not np.isfinite(key).all():  # never expected: refuse rather than return it
+        bad = np.flatnonzero((index == _NONE).any(axis=1) | ~np.isfinite(key).all(axis=1)) + q_lo
+        raise LintwinError(f"the neighbour search of {source.label()} found no finite neighbours for rows "
+                           f"{', '.join(str(r) for r in source.store_rows()[bad[:5]])}; please report this")
     return Neighbours(index, key, kern, source.store_rows(), metric, q_lo, int(loose.size))
 
 
@@ -261,7 +274,7 @@ def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, q
     q_lo, _ = query
     metric = segments.metric
     best_key = np.full((loose.size, k), np.inf)
-    best_idx = np.full((loose.size, k), np.iinfo(np.int64).max, dtype=np.int64)
+    best_idx = np.full((loose.size, k), _NONE, dtype=np.int64)
     best_kern = np.zeros((loose.size, k))
     group = 64
     for seg in segments:
@@ -286,7 +299,7 @@ def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, q
             kk, kv = exact_pairs(x, xn, raw, norms, gi, kj, metric)
             width = np.bincount(gi, minlength=rows.size).max()
             new_key = np.full((rows.size, width), np.inf)
-            new_idx = np.full((rows.size, width), np.iinfo(np.int64).max, dtype=np.int64)
+            new_idx = np.full((rows.size, width), _NONE, dtype=np.int64)
             new_kern = np.zeros((rows.size, width))
             slot = np.arange(gi.size) - np.searchsorted(gi, gi)
             new_key[gi, slot], new_idx[gi, slot], new_kern[gi, slot] = kk, kj + s0, kv
