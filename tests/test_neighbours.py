@@ -118,9 +118,12 @@ def test_lists_equal_float64_brute_force(kind, metric):
 
 def test_rows_with_more_ties_than_the_pool_are_searched_again_exactly():
     x = _data("duplicates", n=180)  # about 6 copies of each row: ties at the k-th place
-    nb = exact_knn(ArraySource(x), 3, metric="cosine", pool=3)
-    assert nb.rechecked > 0
-    assert np.array_equal(nb.index, brute_knn(x, 3, "cosine")[0])
+    for metric in ("cosine", "l2"):
+        ref = brute_knn(x, 3, metric)[0]
+        for segment_rows in (None, 40):  # the rows searched again held in memory, or read in one pass
+            nb = exact_knn(ArraySource(x), 3, metric=metric, pool=3, segment_rows=segment_rows)
+            assert nb.rechecked > 0
+            assert np.array_equal(nb.index, ref)
 
 
 def test_self_is_never_its_own_neighbour_but_a_duplicate_is():

@@ -74,6 +74,12 @@ class StoreSource(RowSource):
     name: str
     subset: tuple[int, ...] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.subset is not None:
+            rows = np.asarray(self.subset, dtype=np.int64)
+            if rows.size < 1 or (rows.size > 1 and not (np.diff(rows) > 0).all()) or rows[0] < 0:
+                raise ShapeError("a subset of rows must be a non-empty, strictly increasing list of row numbers")
+
     def _store(self) -> FeatureStore:
         return FeatureStore.open(self.path)
 
@@ -101,6 +107,8 @@ class StoreSource(RowSource):
                 yield start, x
             return
         rows = np.asarray(self.subset[lo:hi], dtype=np.int64)
+        if rows[-1] >= store.rows(self.split):
+            raise ShapeError(f"row {rows[-1]} is beyond the {store.rows(self.split)} rows of split {self.split!r}")
         # Read the store in contiguous blocks over the span of these rows, keep the subset's rows.
         pending: list[np.ndarray] = []
         have, pos = 0, lo

@@ -164,6 +164,10 @@ class _Segments:
                 self._kept = seg
             yield seg
 
+    def kept(self) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """The segment held in memory, if any."""
+        return [self._kept] if self._kept is not None else []
+
 
 def _queries(segments: _Segments, seg: tuple[int, np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int,
              block_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -239,7 +243,7 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
     index, key, kern = _rescore_pool(segments, cand_j, need, (q_lo, q_hi), k, block_rows)
     loose = np.flatnonzero(~certified)
     if loose.size:
-        _window_search(segments, loose, window, (q_lo, q_hi), k, block_rows, index, key, kern, eps)
+        _window_search(segments, loose, window, q_lo, k, index, key, kern)
     if (index == _NONE).any() or not np.isfinite(key).all():  # never expected: refuse rather than return it
         bad = np.flatnonzero((index == _NONE).any(axis=1) | ~np.isfinite(key).all(axis=1)) + q_lo
         raise LintwinError(f"the neighbour search of {source.label()} found no finite neighbours for rows "
@@ -268,11 +272,11 @@ def _rescore_pool(segments: _Segments, cand_j: np.ndarray, need: np.ndarray, que
     return best_idx, best_key, best_kern
 
 
-def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, query: tuple[int, int], k: int,
-                   block_rows: int, index: np.ndarray, key: np.ndarray, kern: np.ndarray, eps: np.ndarray) -> None:
+def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, q_lo: int, k: int,
+                   index: np.ndarray, key: np.ndarray, kern: np.ndarray) -> None:
     """Rows without a certificate: rescore every key within their window in float64, keep the k best (in place)."""
-    q_lo, _ = query
     metric = segments.metric
+    xs = _rows_at(segments, loose + q_lo)
     best_key = np.full((loose.size, k), np.inf)
     best_idx = np.full((loose.size, k), _NONE, dtype=np.int64)
     best_kern = np.zeros((loose.size, k))
@@ -282,7 +286,7 @@ def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, q
         kn2 = (prep * prep).sum(axis=1, dtype=np.float32) if metric == "l2" else None
         for g_lo, g_hi in row_spans(loose.size, group):
             rows = loose[g_lo:g_hi] + q_lo
-            x = _gather(segments, seg, rows)
+            x = xs[g_lo:g_hi]
             xn = _norms(x)
             qp = _prepared(x, xn, metric)
             ip = qp @ prep.T
@@ -310,10 +314,13 @@ def _window_search(segments: _Segments, loose: np.ndarray, window: np.ndarray, q
     index[loose], key[loose], kern[loose] = best_idx, best_key, best_kern
 
 
-def _gather(segments: _Segments, seg: tuple[int, np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """Raw float32 rows at positions ``rows`` (from the segment when it holds them all, else read)."""
-    s0, raw, _, _ = seg
-    if rows.min() >= s0 and rows.max() < s0 + raw.shape[0]:
-        return raw[rows - s0]
-    return np.concatenate([segments.source.read(int(r), int(r) + 1, segments.metric) for r in rows])
-
+def _rows_at(segments: _Segments, rows: np.ndarray) -> np.ndarray:
+    """Raw float32 rows at the sorted positions ``rows``: from the kept segment, else in one pass over the source."""
+    for s0, raw, _, _ in segments.kept():
+        if rows[0] >= s0 and rows[-1] < s0 + raw.shape[0]:
+            return raw[rows - s0]
+    out = np.empty((rows.size, segments.source.dim()), dtype=np.float32)
+    for lo, x in segments.source.blocks(int(rows[0]), int(rows[-1]) + 1, 65536, segments.metric):
+        a, b = np.searchsorted(rows, [lo, lo + x.shape[0]])
+        out[a:b] = x[rows[a:b] - lo]
+    return out
