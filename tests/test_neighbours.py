@@ -317,6 +317,7 @@ def test_cli_layer_matrix(tmp_path, template):
     r = runner.invoke(app, ["neighbours", str(template), "--nets", "A", "B", "C", "--k", "5", "--out", str(out), "-q"])
     assert r.exit_code == 0, r.stderr
     res = json.loads((out / "neighbours_matrix.json").read_text())
+    assert (out / "neighbours_matrix.png").stat().st_size > 10_000
     m = np.array(res["mutual_knn"])
     assert np.allclose(m, m.T) and np.all(np.diag(m) == 1.0)
     s = FeatureStore.open(template)

@@ -11,7 +11,14 @@ import typer
 
 from ..core.files import atomic_write
 from ..errors import LintwinError
-from ..experiments.neighbours_report import alignment_text, curve_text, matrix_text, plot_curve, strict_json
+from ..experiments.neighbours_report import (
+    alignment_text,
+    curve_text,
+    matrix_text,
+    plot_curve,
+    plot_matrix,
+    strict_json,
+)
 from ..experiments.neighbours_study import neighbour_matrix, neighbours
 from ..storage.store import FeatureStore
 from ._common import DaskOpt, QuietOpt, app, check_writable_dir, cli_errors, echo, maybe_dask
@@ -46,7 +53,7 @@ def _write(out: Path, files: dict[str, bytes]) -> None:
 @app.command("neighbours", cls=_ListOptions)
 def neighbours_cmd(
     store: Annotated[Path, typer.Argument(help="feature store")],
-    out: Annotated[Path, typer.Option("--out", help="directory for neighbours.json and the size-curve PNG")],
+    out: Annotated[Path, typer.Option("--out", help="directory for the JSON and the PNG (curve, or matrix with --nets)")],
     a: Annotated[Optional[str], typer.Option("--a", help="network (or stored layer) A")] = None,
     b: Annotated[Optional[str], typer.Option("--b", help="network (or stored layer) B")] = None,
     nets: Annotated[Optional[list[str]], typer.Option(
@@ -92,7 +99,8 @@ def neighbours_cmd(
                 echo(matrix_text(res, "mutual_knn"))
                 echo(matrix_text(res, "cknna"))
                 _write(out, {"neighbours_matrix.json": json.dumps(strict_json(res), indent=2, allow_nan=False).encode()})
-                echo(f"wrote {out / 'neighbours_matrix.json'}")
+                png = plot_matrix(res, out / "neighbours_matrix.png")
+                echo(f"wrote {out / 'neighbours_matrix.json'} and {png}")
                 return
             res = neighbours(s, a, b, split=split, k=k, metric=metric.value, null=null, seed=seed, sizes=size_list,
                              n_boot=bootstrap, block_rows=block_rows, client=client, reuse=reuse_lists,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .report import format_table, new_figure, save_figure
 
-__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve", "strict_json"]
+__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve", "plot_matrix", "strict_json"]
 
 
 def strict_json(x: Any) -> Any:
@@ -95,4 +95,26 @@ def plot_curve(res: dict[str, Any], path: str | Path) -> Path:
               title=f"{label} against sample size ({res['metric']})")
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=8, loc="best")
+    return save_figure(fig, path)
+
+
+def plot_matrix(res: dict[str, Any], path: str | Path) -> Path:
+    """Heat maps of mutual k-NN and CKNNA between every pair of arrays, values written in the cells."""
+    names = res["names"]
+    m = len(names)
+    side = max(4.5, 0.9 * m + 2.5)
+    fig, ax = new_figure(1, 2, figsize=(2 * side + 1, side))
+    for col, (key, label) in enumerate((("mutual_knn", f"mutual k-NN (k={res['k']})"), ("cknna", "CKNNA"))):
+        a = ax[0, col]
+        vals = np.array([[np.nan if v is None else v for v in row] for row in res[key]], dtype=float)
+        im = a.imshow(vals, vmin=0, vmax=1, cmap="viridis")
+        for i in range(m):
+            for j in range(m):
+                if np.isfinite(vals[i, j]):
+                    a.text(j, i, f"{vals[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                           color="white" if vals[i, j] < 0.6 else "black")
+        a.set_xticks(range(m), names, rotation=35, ha="right", fontsize=8)
+        a.set_yticks(range(m), names, fontsize=8)
+        a.set_title(f"{label}, {res['rows']} rows ({res['metric']})", fontsize=10)
+        fig.colorbar(im, ax=a, fraction=0.046, pad=0.04)
     return save_figure(fig, path)
