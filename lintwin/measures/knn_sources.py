@@ -60,9 +60,11 @@ class RowSource:
         raise NotImplementedError
 
     def read(self, lo: int, hi: int, metric: str, block_rows: int = 65536) -> np.ndarray:
-        """Positions ``lo..hi`` as one float32 array."""
-        parts = [b for _, b in self.blocks(lo, hi, block_rows, metric)]
-        return np.concatenate(parts) if parts else np.empty((0, self.dim()), np.float32)
+        """Positions ``lo..hi`` as one float32 array (filled block by block, no second copy)."""
+        out = np.empty((hi - lo, self.dim()), dtype=np.float32)
+        for a, x in self.blocks(lo, hi, block_rows, metric):
+            out[a - lo:a - lo + x.shape[0]] = x
+        return out
 
 
 @dataclass(frozen=True)

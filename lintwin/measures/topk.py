@@ -106,16 +106,25 @@ def knn_bound(metric: str, dim: int, query_norms: np.ndarray, max_key_norm: floa
     return 1.01 * _gamma(dim + 3) * (query_norms + max_key_norm) ** 2 + 1e-300
 
 
+_ROWS_AT_ONCE = 16384  # rows converted to float64 at once (bounds the temporaries)
+
+
 def _norms(x: np.ndarray) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    """float64 Euclidean norm of each float32 row (products exact in float64, summed in float64)."""
+    out = np.empty(x.shape[0])
+    for lo, hi in row_spans(x.shape[0], _ROWS_AT_ONCE):
+        out[lo:hi] = np.sqrt(np.einsum("ij,ij->i", x[lo:hi], x[lo:hi], dtype=np.float64))
+    return out
 
 
 def _prepared(x: np.ndarray, norms: np.ndarray, metric: str) -> np.ndarray:
     """What FAISS searches: rows normalised in float64 then rounded (cosine), or the rows (l2)."""
-    if metric == "cosine":
-        return np.ascontiguousarray((x.astype(np.float64) / norms[:, None]).astype(np.float32))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if metric != "cosine":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, dtype=np.float32)
+    for lo, hi in row_spans(x.shape[0], _ROWS_AT_ONCE):
+        out[lo:hi] = x[lo:hi].astype(np.float64) / norms[lo:hi, None]
+    return out
 
 
 def exact_pairs(q: np.ndarray, qn: np.ndarray, keys: np.ndarray, kn: np.ndarray, qi: np.ndarray, kj: np.ndarray,
@@ -124,14 +133,13 @@ def exact_pairs(q: np.ndarray, qn: np.ndarray, keys: np.ndarray, kn: np.ndarray,
     key = np.empty(qi.shape[0])
     kern = np.empty(qi.shape[0])
     for lo, hi in row_spans(qi.shape[0], max(256, _RESCORE_BYTES // (16 * q.shape[1]))):
-        a = q[qi[lo:hi]].astype(np.float64)
-        b = keys[kj[lo:hi]].astype(np.float64)
-        dot = np.einsum("ij,ij->i", a, b)
+        a, b = q[qi[lo:hi]], keys[kj[lo:hi]]
+        dot = np.einsum("ij,ij->i", a, b, dtype=np.float64)  # float32 products are exact in float64
         if metric == "cosine":
             kern[lo:hi] = dot / (qn[qi[lo:hi]] * kn[kj[lo:hi]])
             key[lo:hi] = -kern[lo:hi]
         else:
-            diff = a - b
+            diff = a.astype(np.float64) - b  # exact: a difference of two float32 fits float64
             kern[lo:hi] = dot
             key[lo:hi] = np.einsum("ij,ij->i", diff, diff)
     return key, kern
@@ -170,15 +178,16 @@ class _Segments:
 
 
 def _queries(segments: _Segments, seg: tuple[int, np.ndarray, np.ndarray, np.ndarray], lo: int, hi: int,
-             block_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Query blocks ``(position, raw rows, norms)`` of ``lo..hi``: sliced from ``seg`` when it holds them."""
-    s0, raw, norms, _ = seg
+             block_rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Query blocks ``(position, raw rows, norms, prepared rows)`` of ``lo..hi``: from ``seg`` when it holds them."""
+    s0, raw, norms, prep = seg
     if s0 <= lo and hi <= s0 + raw.shape[0]:
         for a, b in row_spans(hi, block_rows, lo):
-            yield a, raw[a - s0:b - s0], norms[a - s0:b - s0]
+            yield a, raw[a - s0:b - s0], norms[a - s0:b - s0], prep[a - s0:b - s0]
         return
     for a, x in segments.source.blocks(lo, hi, block_rows, segments.metric):
-        yield a, x, _norms(x)
+        xn = _norms(x)
+        yield a, x, xn, _prepared(x, xn, segments.metric)
 
 
 def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple[int, int] | None = None,
@@ -218,10 +227,10 @@ def exact_knn(source: RowSource, k: int, *, metric: str = "cosine", query: tuple
                                    f"{', '.join(str(r) for r in big[:5])}): their squared distances overflow float32; "
                                    "rescale the features or use --metric cosine")
             width = min(pool + 1, prep.shape[0])
-            for a, x, xn in _queries(segments, seg, q_lo, q_hi, block_rows):
+            for a, x, xn, xp in _queries(segments, seg, q_lo, q_hi, block_rows):
                 r = slice(a - q_lo, a - q_lo + x.shape[0])
                 qnorm[r] = xn
-                dist, idx = faiss.knn(_prepared(x, xn, metric), prep, width, metric=fmetric)
+                dist, idx = faiss.knn(xp, prep, width, metric=fmetric)
                 idx = idx.astype(np.int64) + s0
                 c = -dist.astype(np.float64) if metric == "cosine" else dist.astype(np.float64)
                 if width < prep.shape[0]:  # rows FAISS did not return are no better than its worst
@@ -261,7 +270,7 @@ def _rescore_pool(segments: _Segments, cand_j: np.ndarray, need: np.ndarray, que
     for seg in segments:
         s0, raw, norms, _ = seg
         s1 = s0 + raw.shape[0]
-        for a, x, xn in _queries(segments, seg, q_lo, q_hi, block_rows):
+        for a, x, xn, _ in _queries(segments, seg, q_lo, q_hi, block_rows):
             r = slice(a - q_lo, a - q_lo + x.shape[0])
             ri, si = np.nonzero(need[r] & (cand_j[r] >= s0) & (cand_j[r] < s1))
             ri += a - q_lo
