@@ -107,12 +107,15 @@ def plot_matrix(res: dict[str, Any], path: str | Path) -> Path:
     for col, (key, label) in enumerate((("mutual_knn", f"mutual k-NN (k={res['k']})"), ("cknna", "CKNNA"))):
         a = ax[0, col]
         vals = np.array([[np.nan if v is None else v for v in row] for row in res[key]], dtype=float)
-        im = a.imshow(vals, vmin=0, vmax=1, cmap="viridis")
+        off = vals.copy()
+        np.fill_diagonal(off, np.nan)  # the diagonal (an array with itself) would flatten the colour scale
+        top = np.nanmax(off) if np.isfinite(off).any() else 1.0
+        im = a.imshow(off, vmin=0, vmax=top, cmap="viridis")
         for i in range(m):
             for j in range(m):
                 if np.isfinite(vals[i, j]):
                     a.text(j, i, f"{vals[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                           color="white" if vals[i, j] < 0.6 else "black")
+                           color="black" if i == j or off[i, j] > 0.6 * top else "white")
         a.set_xticks(range(m), names, rotation=35, ha="right", fontsize=8)
         a.set_yticks(range(m), names, fontsize=8)
         a.set_title(f"{label}, {res['rows']} rows ({res['metric']})", fontsize=10)
