@@ -18,6 +18,7 @@ from .api import (
 from .core.fit_metrics import FitMetrics, paper_loss, row_cosine
 from .core.moments import Moments
 from .errors import LintwinError, MapFileError, ModelError, NonFiniteError, ShapeError, StoreError, UnsafePathError
+from .experiments.neighbours_study import NeighbourAlignment, neighbour_matrix, neighbours
 from .measures.similarity import Similarity, similarity
 from .solvers import AdamOptions, PrecisionWarning, RankWarning
 from .storage.store import FeatureStore
@@ -32,6 +33,7 @@ __all__ = [
     "MapFileError",
     "ModelError",
     "Moments",
+    "NeighbourAlignment",
     "NonFiniteError",
     "PrecisionWarning",
     "RankWarning",
@@ -47,6 +49,8 @@ __all__ = [
     "fit_ridge_cv",
     "fit_store",
     "maps_from_moments",
+    "neighbour_matrix",
+    "neighbours",
     "paper_loss",
     "row_cosine",
     "similarity",

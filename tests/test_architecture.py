@@ -25,7 +25,8 @@ ALLOWED = {
                     "results"},
     "cli": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "networks", "experiments", "cli",
             "results", "__init__"},
-    "__init__": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "estimator", "results"},
+    "__init__": {"core", "errors", "solvers", "storage", "measures", "affine", "api", "estimator", "results",
+                 "experiments"},
 }
 
 

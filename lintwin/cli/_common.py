@@ -6,9 +6,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from ..affine import AffineMap
 from ..core.distributed import dask_client
@@ -51,6 +52,25 @@ class AdamVariant(StrEnum):
 class RidgeCriterion(StrEnum):
     feature_error = "feature-error"
     agreement = "agreement"
+
+
+_MULTI = ("--nets", "--heads")  # options that take several values: --nets a b c
+
+
+class ListOptions(TyperCommand):
+    """Let ``--nets a b c`` mean ``--nets a --nets b --nets c`` (values run to the next option)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        out, current = [], None
+        for tok in args:
+            if tok.startswith("-"):
+                current = tok if tok in _MULTI else None
+                out.append(tok)
+            elif current is not None and out[-1] != current:
+                out += [current, tok]
+            else:
+                out.append(tok)
+        return super().parse_args(ctx, out)
 
 
 @contextmanager

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from typer.core import TyperCommand
 
 from ..affine import AffineMap
 from ..core.params import parse_bytes, parse_ridge
@@ -34,6 +33,7 @@ from ._common import (
     InitChoice,
     InitOpt,
     IterationsOpt,
+    ListOptions,
     LrOpt,
     PrecisionChoice,
     PrecisionOpt,
@@ -45,24 +45,6 @@ from ._common import (
     maybe_dask,
 )
 
-_MULTI = ("--nets", "--heads")
-
-
-class _ListOptions(TyperCommand):
-    """Let ``--nets a b c`` mean ``--nets a --nets b --nets c`` (values run to the next option)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        out, current = [], None
-        for tok in args:
-            if tok.startswith("-"):
-                current = tok if tok in _MULTI else None
-                out.append(tok)
-            elif current is not None and out[-1] != current:
-                out += [current, tok]
-            else:
-                out.append(tok)
-        return super().parse_args(ctx, out)
-
 
 class StudyMethod(StrEnum):
     lstsq = "lstsq"
@@ -70,7 +52,7 @@ class StudyMethod(StrEnum):
     heads = "heads"
 
 
-@app.command(cls=_ListOptions)
+@app.command(cls=ListOptions)
 def study(
     store: Annotated[Path, typer.Argument(help="feature store holding every network's features")],
     nets: Annotated[list[str], typer.Option("--nets", help="networks to study (two or more): --nets a b c")],
