@@ -150,3 +150,21 @@ def test_row_mismatch_and_dims(xp):
         m.update(to_xp(xp, np.ones((5, 4))), to_xp(xp, np.ones((5, 2))))
     with pytest.raises(ShapeError, match="must be 2-D"):
         m.update(to_xp(xp, np.ones(5)), to_xp(xp, np.ones((5, 3))))
+
+
+def test_moments_files_of_lintwin_0_2_still_load(tmp_path, realistic):
+    """A two-block file in the 0.2 format (pair-named kernel sums) loads as the same moments."""
+    import json
+
+    a, b = realistic["a"][:500, :6], realistic["b"][:500, :4]
+    m = accumulate_arrays(a, b, names=("inc", "res"), precision="float64", kernel=True)
+    s = m.kernel.sums
+    meta = {"format": "lintwin.moments/1", "dim_a": 6, "dim_b": 4, "names": ["inc", "res"], "precision": "float64",
+            "n": m.n, "kernel": True}
+    arrays = {f"kernel_{k}": np.asarray(v) for k, v in s.items()} | {"kernel_n": np.asarray(m.kernel.n)}
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), mean=m.mean, comoment=m.comoment, **arrays)
+    back = Moments.load(tmp_path / "old.npz")
+    assert back.names == ("inc", "res") and back.dims == (6, 4) and back.n == m.n
+    np.testing.assert_array_equal(back.comoment, m.comoment)
+    for key, value in s.items():
+        np.testing.assert_allclose(back.kernel.sums[key], value, rtol=0, atol=0)

@@ -28,6 +28,7 @@ from .xp import device, from_numpy, namespace, to_numpy
 Precision = Literal["float32", "float64"]
 PRECISIONS = ("float32", "float64")
 _FORMAT = "lintwin.moments/2"
+_PAIR_FORMAT = "lintwin.moments/1"  # lintwin 0.2: two blocks, pair-named kernel sums; still read
 
 __all__ = ["PRECISIONS", "Moments", "check_finite", "check_pair", "locate_nonfinite"]
 
@@ -348,12 +349,16 @@ class Moments:
         try:
             with np.load(Path(path), allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                if isinstance(meta, dict) and meta.get("format") == _PAIR_FORMAT:
+                    meta = {**meta, "dims": [meta["dim_a"], meta["dim_b"]]}  # lintwin 0.2's two-block files
+                    kernel = _pair_kernel(meta["dims"], z) if meta.get("kernel") else None
+                elif not isinstance(meta, dict) or meta.get("format") != _FORMAT:
                     raise LintwinError(f"{path}: not a lintwin moments file (format "
                                        f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+                else:
+                    kernel = KernelSums.from_arrays(meta["dims"], z) if meta.get("kernel") else None
                 dims = [int(d) for d in meta["dims"]]
                 mean, com = z["mean"], z["comoment"]
-                kernel = KernelSums.from_arrays(dims, z) if meta.get("kernel") else None
                 m = cls.from_parts(dims, tuple(meta["names"]), meta["precision"], int(meta["n"]), mean, com,
                                    kernel=kernel)
         except LintwinError:
@@ -375,6 +380,18 @@ class Moments:
             if j != exclude:
                 m.merge(part)
         return m
+
+
+def _pair_kernel(dims: Sequence[int], z: Any) -> KernelSums:
+    """The kernel sums of a lintwin 0.2 moments file (named pair sums) as the k-block totals."""
+    n = int(z["kernel_n"])
+    if not n:
+        return KernelSums(tuple(dims))
+    k = {name: np.asarray(z[f"kernel_{name}"], dtype=np.float64) for name in
+         ("r", "q", "rr", "qq", "rq", "ra", "qb", "rb", "qa")}
+    totals = {"r": np.array([k["r"], k["q"]]), "rr": np.array([[k["rr"], k["rq"]], [k["rq"], k["qq"]]]),
+              "rz": np.stack([np.concatenate([k["ra"], k["rb"]]), np.concatenate([k["qa"], k["qb"]])])}
+    return KernelSums(tuple(dims), n, totals)
 
 
 def _chunk_moments(z: Any, precision: str, xp: Any, own: bool) -> tuple[int, Any, Any, Any]:
