@@ -114,7 +114,10 @@ def cli_reference() -> str:
         "option of this version; `lintwin COMMAND --help` prints the same in a terminal.",
         "",
         "Every failure a user can cause ends in one line `Error: ...` on standard error and exit status 1 "
-        "(usage errors, such as an unknown option: exit status 2).",
+        "(usage errors, such as an unknown option: exit status 2), with no traceback, the store unchanged and "
+        "nothing written outside the paths named; `tests/test_bad_inputs.py` runs such inputs through the "
+        "command line and checks the exit status, the one line, and that every file is byte-identical "
+        "afterwards.",
         "",
         "```text",
         "lintwin [OPTIONS] COMMAND [ARGS]...",
