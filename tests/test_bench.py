@@ -49,3 +49,15 @@ def test_bench_solve_process_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (tmp_path / "solve_process_3000_48_64.txt").read_text()
     assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "ratio (Ridge / lintwin)" in text
+
+
+def test_solver_precision_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "solver_precision.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "solver_precision_quick.json").read_text())
+    assert [(r["map"], r["precision"]) for r in rows] == [("A→B", "float32"), ("A→B", "float64"),
+                                                          ("B→A", "float32"), ("B→A", "float64")]
+    for r in rows:  # float64 products agree with gelsd to rounding; float32 products to the order stated
+        assert r["prediction_rel_err"] < (1e-10 if r["precision"] == "float64" else 1e-4)
+        assert r["estimated_prediction"] > 0 and r["estimated_w"] > 0

@@ -233,7 +233,7 @@ def test_whole_solve_path_on_a_non_default_device(realistic):
 
 
 def test_stated_accuracy_holds_on_real_features(tmp_path):
-    """The README's accuracy claims, measured on real features of the bundled Fashion-MNIST networks."""
+    """The accuracy claims of docs/numerics.md, measured on real features of the bundled Fashion-MNIST networks."""
     from lintwin.experiments.demo import BUNDLED_MODELS
     from lintwin.networks.extract import extract_features
     from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images

@@ -14,7 +14,8 @@ def gpu_status() -> tuple[bool, str]:
     try:
         import cupy
     except ImportError as exc:
-        return False, f"CuPy is not installed ({exc.name or exc}); see README, 'GPU'"
+        return False, (f"CuPy is not installed ({exc.name or exc}): pip install 'lintwin[gpu]' "
+                       "(docs/guide/scaling-out.md)")
     except Exception as exc:  # a broken CUDA installation can fail at import with many types
         return False, f"CuPy does not import ({type(exc).__name__}: {exc})"
     try:
