@@ -57,7 +57,7 @@ def fit_layer_map(store: FeatureStore, la: StoredLayer, lb: StoredLayer, *, ridg
         raise LintwinError("a stitch fits one direction: give one λ (or 'auto'), not one per direction")
     check_rank(rank, (la.dim, lb.dim))
     source = LayerSource(store, [la, lb], block_samples=block_samples)
-    names = [la.array, lb.array] if la.array != lb.array else [la.key, lb.key]
+    names = [la.array, lb.array] if la.array != lb.array else [la.key, f"{lb.key} (target)"]
     desc = f"moments {la.array} → {lb.array}"
     place = placement(device)
     if cfg.ridge == "auto":
