@@ -50,8 +50,9 @@ def test_python_blocks_run(page):
 @needs_fashion
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=lambda p: p.name)
 def test_bash_blocks_run(page, tmp_path):
+    (tmp_path / "models").symlink_to(ROOT / "models")  # the pages run from the repository root: models/fashion/...
     script = "set -euo pipefail\n" + "\n".join(blocks(page, "bash"))
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, f"{page.name}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 

@@ -26,12 +26,13 @@ from ..core.driver import MomentsSink, Sink
 from ..core.moments import Moments, check_finite
 from ..core.xp import namespace, row_spans
 from ..errors import LintwinError, ShapeError, StoreError
+from ..storage.reader import default_block_rows
 from ..storage.store import FeatureStore
 from .resample import Grid, grid_text, resample_rows
 
 __all__ = ["GridSink", "LayerSource", "StoredLayer", "find_layer", "natural_key", "same_samples", "stored_layers"]
 
-_BLOCK_BYTES = 64 * 2**20  # about this much float32 per block of the widest layer
+_BLOCK_BYTES = 256 * 2**20  # about this much float32 per block of all layers together (whole chunks)
 _SAMPLE_KEYS = ("images_sha256", "images", "views", "augment", "preprocess")
 
 
@@ -156,6 +157,12 @@ class LayerSource:
     other samples for a permutation null: their rows are read ``shift`` samples further on
     (cyclically) and the samples shuffled within each block (the rows of one sample stay together,
     in their positions), seeded by ``seed`` so a second read gives the same pairing.
+
+    By default a block holds whole chunks and about 256 MiB of float32 rows of all layers
+    together; layers of one split with one row per sample are read in the blocks
+    :class:`~lintwin.storage.source.StoreSource` reads, so their moments equal those of every
+    other pass over that split bit for bit (a map stitched at the classifier inputs is the map
+    ``compare`` fits).
     """
 
     def __init__(self, store: FeatureStore, layers: Sequence[StoredLayer], *, block_samples: int | None = None,
@@ -174,9 +181,12 @@ class LayerSource:
             store.check_paired(split, arrays)
         self.arrays = [store.features(la.split, la.array) for la in self.layers]
         self.start, self.stop = int(start), self.samples if stop is None else min(int(stop), self.samples)
-        widest = max(la.rows_per_sample * la.dim for la in self.layers)
-        chunk = max(int(a.chunks[0]) // la.rows_per_sample for a, la in zip(self.arrays, self.layers))
-        default = max(1, _BLOCK_BYTES // (4 * widest) // chunk) * chunk
+        if len(by_split) == 1 and all(la.rows_per_sample == 1 for la in self.layers):
+            default = default_block_rows(self.arrays)  # a store split's own blocks: the moments of StoreSource
+        else:
+            width = sum(la.rows_per_sample * la.dim for la in self.layers)  # float32 values of a sample, all layers
+            chunk = max(int(a.chunks[0]) // la.rows_per_sample for a, la in zip(self.arrays, self.layers))
+            default = max(1, _BLOCK_BYTES // (4 * width) // chunk) * chunk
         self.block_samples = int(block_samples or default)
         if self.block_samples < 1:
             raise LintwinError(f"blocks must hold at least one sample, got {block_samples}")
