@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from lintwin import FeatureStore
 from lintwin.cli import app
+from lintwin.core.gpu import gpu_status
 from lintwin.errors import LintwinError
 from lintwin.experiments.layer_similarity import layer_similarity
 from lintwin.experiments.layer_similarity_report import heatmap_figure, self_similarity_figure
@@ -239,3 +240,13 @@ def test_grids_that_cannot_be_aligned_are_refused(tmp_path):
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be aligned (50 tokens against 7 x 7)" in lines[0]
+
+
+@pytest.mark.skipif(not gpu_status()[0], reason=f"no GPU for CuPy: {gpu_status()[1]}")
+def test_on_the_gpu_the_matrices_are_the_cpus(stores, joint):
+    got = layer_similarity(FeatureStore.open(stores[7]), A, B, splits=SPLITS, device="gpu", progress=False,
+                           echo=lambda _: None)
+    for key in ("measures", "self_a", "self_b"):
+        np.testing.assert_allclose(np.asarray(getattr(got, key)["cka"]), np.asarray(getattr(joint, key)["cka"]),
+                                   rtol=0, atol=1e-10)
+

@@ -24,8 +24,10 @@ from typer.testing import CliRunner
 
 from lintwin import FeatureStore
 from lintwin.cli import app
+from lintwin.core.gpu import gpu_status
+from lintwin.core.xp import to_numpy
 from lintwin.experiments.compare import compare
-from lintwin.experiments.layer_stitch import stitch_layers
+from lintwin.experiments.layer_stitch import fit_layer_map, stitch_layers, stored_rows
 from lintwin.experiments.stitch_sweep import stitch_sweep
 from lintwin.experiments.stitch_sweep_report import stitch_sweep_figure
 from lintwin.networks.extract import extract_features, extract_layers
@@ -33,6 +35,7 @@ from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images, read_idx
 from lintwin.networks.onnx_models import Head, NetworkSpec, open_session
 from lintwin.networks.random_weights import randomize_model
 from lintwin.networks.stitch import stitch
+from lintwin.networks.stitched_layers import layer_side
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "fashion"
 TRAIN = DEFAULT_FASHION_MNIST / "train-images-idx3-ubyte.gz"
@@ -282,3 +285,14 @@ def test_randomize_redraws_the_weights_and_keeps_the_architecture(tmp_path):
     assert s.run(None, {s.get_inputs()[0].name: x})[0].shape == (8, 10)
     rr = runner.invoke(app, ["randomize", str(_model(A)), "-o", str(_model(A))])
     assert rr.exit_code == 1 and "would replace" in rr.stderr
+
+
+@pytest.mark.skipif(not gpu_status()[0], reason=f"no GPU for CuPy: {gpu_status()[1]}")
+def test_on_the_gpu_the_resampled_map_is_the_cpus(store):
+    la = stored_rows(store, ["p14"], layer_side(_model(A), R3, back=False))
+    lb = stored_rows(store, ["p7"], layer_side(_model(B), I5, back=True))
+    cpu = fit_layer_map(store, la, lb, precision="float64", device="cpu")
+    gpu = fit_layer_map(store, la, lb, precision="float64", device="gpu")
+    w = np.asarray(cpu.weight)
+    assert np.abs(to_numpy(gpu.weight) - w).max() <= 1e-8 * np.abs(w).max()
+
