@@ -49,3 +49,12 @@ def test_bench_solve_process_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (tmp_path / "solve_process_3000_48_64.txt").read_text()
     assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "ratio (Ridge / lintwin)" in text
+
+
+def test_layer_scripts_show_their_steps():
+    """The layer scripts need the ImageNet store or minutes of extraction; here they only parse their command line."""
+    for script, words in (("bench_layers.py", "accumulate"), ("layers_fashion.py", "sweep"),
+                          ("layers_imagenet.py", "similarity")):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and words in proc.stdout, proc.stderr[-2000:]

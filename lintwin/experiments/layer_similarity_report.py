@@ -57,8 +57,13 @@ def heatmap_figure(result: LayerSimilarity, measure: str = "cka") -> Figure:
     cols = [layer_label(la.tensor) for la in result.layers_b]
     fig, ax = new_figure(figsize=_size(rows, cols, 1))
     _panel(fig, ax[0, 0], _array(result.measures[measure]), rows, cols, measure,
-           f"{measure_label(measure, 'A', 'B')}\nrows: {result.a}\ncolumns: {result.b}")
+           f"{measure_label(measure, 'A', 'B')}, {_rows_kind(result)}\nrows: {result.a}\ncolumns: {result.b}")
     return fig
+
+
+def _rows_kind(result: LayerSimilarity) -> str:
+    per_position = any(g for row in result.grids for g in row)
+    return f"{result.samples:,} images" + (", per position" if per_position else "")
 
 
 def self_similarity_figure(result: LayerSimilarity, measure: str = "cka") -> Figure:
@@ -71,7 +76,7 @@ def self_similarity_figure(result: LayerSimilarity, measure: str = "cka") -> Fig
     fig, ax = new_figure(1, len(sides), figsize=_size(longest, longest, len(sides)))
     for k, ((net, _, mats), names) in enumerate(zip(sides, labels)):
         _panel(fig, ax[0, k], _array(mats[measure]), names, names, measure,
-               f"{measure_label(measure, 'A', 'B')}\n{net} against itself")
+               f"{measure_label(measure, 'A', 'B')}, {_rows_kind(result)}\n{net} against itself")
     return fig
 
 

@@ -86,14 +86,16 @@ def stitch_sweep_figure(sweep: StitchSweep) -> Figure:
     est = np.asarray([r["penalty"]["estimate"] for r in sweep.rows])
     low = est - np.asarray([r["penalty"]["low"] for r in sweep.rows])
     high = np.asarray([r["penalty"]["high"] for r in sweep.rows]) - est
-    width = max(5.5, 0.9 * len(labels) + 2.5)
-    height = 3.2 + 0.065 * max(len(s) for lab in labels for s in lab.split("\n"))
+    longest = max(len(s) for lab in labels for s in lab.split("\n"))
+    upright = len(labels) <= 6  # few pairs: names written level, two lines each
+    width = max(6.0, len(labels) * (0.075 * longest + 0.3) + 1.5) if upright else max(5.5, 0.9 * len(labels) + 2.5)
+    height = 4.2 if upright else 3.2 + 0.065 * longest
     fig, ax = new_figure(figsize=(width, height))
     ax = ax[0, 0]
     x = np.arange(len(labels))
     ax.errorbar(x, est, yerr=[low, high], marker="o", capsize=3, lw=1.5, label=f"penalty, {level}% interval")
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set_xticks(x, labels, rotation=90, fontsize=7)
+    ax.set_xticks(x, labels, rotation=0 if upright else 90, fontsize=7)
     ax.set_ylabel("penalty (percentage points)")
     ax.set_title(f"stitching {Path(sweep.model_a).name} into {Path(sweep.model_b).name}\n{sweep.images:,} held-out "
                  f"images; B alone {sweep.own['B']['estimate']:.2f} %", fontsize=9)
