@@ -139,6 +139,16 @@ def test_the_matrix_is_the_same_for_chunk_sizes_of_1_7_and_64_images(stores, joi
         np.testing.assert_allclose(np.asarray(got.measures["cka"]), want, rtol=0, atol=1e-12)
 
 
+def test_the_first_samples_only(stores):
+    store = FeatureStore.open(stores[7])
+    got = layer_similarity(store, A, B, splits=["p7"], samples=30, null=3, progress=False, echo=lambda _: None)
+    assert got.samples == 30 and got.rows[0][0] == 30 * 49
+    x = np.asarray(store.features("p7", f"{A}+body.body.5.relu.Relu")[: 30 * 49], np.float64)
+    y = np.asarray(store.features("p7", f"{B}+body.body.5.Concat")[: 30 * 49], np.float64)
+    assert got.measures["cka"][0][0] == pytest.approx(_cka(x, y), abs=1e-10)
+    assert all(0 < s < 30 for s in got.null["shifts"])
+
+
 def test_beyond_the_memory_budget_passes_over_groups_give_the_same_matrix(stores, joint):
     said: list[str] = []
     budget = joint.moments["joint_bytes"] * 2 // 3

@@ -18,6 +18,7 @@ from ..experiments.stitch_sweep import stitch_sweep
 from ..experiments.stitch_sweep_report import stitch_sweep_output, write_stitch_sweep
 from ..experiments.tables import OutputFormat
 from ..networks.images import concat_images, open_images
+from ..networks.resample import grid_text
 from ..networks.stitch import check_stitched, stitch_outputs
 from ..networks.stitch import stitch as do_stitch
 from ..networks.stitched_layers import check_on_images
@@ -101,7 +102,7 @@ def stitch(
                           ridge=parse_ridge(ridge), rank=rank, folds=folds, precision=precision.value,  # type: ignore[arg-type]
                           device=device.value, progress=not quiet)
         w = r.written
-        how = f", resampled {'x'.join(map(str, r.side_a.grid))} → {'x'.join(map(str, r.side_b.grid))}" if w.resampled else ""
+        how = f", resampled {grid_text(r.side_a.grid)} → {grid_text(r.side_b.grid)}" if w.resampled else ""
         echo(f"map {at_a} ({r.side_a.layer.dims()}) → {at_b} ({r.side_b.layer.dims()}){how}: "
              f"{r.amap.n_train:,} rows, train R² {r.amap.stats['train_metrics']['r2']:.4f}"
              + (f", λ {r.amap.options['chosen_ridge']:.4g} by {folds}-fold CV" if "chosen_ridge" in r.amap.options else ""))

@@ -159,14 +159,15 @@ def _values(m: Moments, measures: Sequence[str], notes: list[str]) -> dict[str, 
 
 
 def _run(store: FeatureStore, layers: list[StoredLayer], plan: _Plan, measures: Sequence[str], *, precision: str,
-         place: Placement, block_samples: int | None, progress: bool, notes: list[str], shifted: frozenset[int] = frozenset(),
-         shift: int = 0, seed: int = 0, desc: str = "layer moments") -> dict[tuple[int, int], tuple[dict, int]]:
+         place: Placement, block_samples: int | None, stop: int | None, progress: bool, notes: list[str],
+         shifted: frozenset[int] = frozenset(), shift: int = 0, seed: int = 0,
+         desc: str = "layer moments") -> dict[tuple[int, int], tuple[dict, int]]:
     """Run the plan's passes; ``(values, rows)`` of every pair."""
     kernel = "cka_debiased" in measures
     out: dict[tuple[int, int], tuple[dict, int]] = {}
     for n_pass, (members, pairs) in enumerate(plan.passes, 1):
         local = {i: k for k, i in enumerate(members)}
-        source = LayerSource(store, [layers[i] for i in members], block_samples=block_samples,
+        source = LayerSource(store, [layers[i] for i in members], block_samples=block_samples, stop=stop,
                              shifted=[local[i] for i in members if i in shifted], shift=shift, seed=seed)
         sinks = {g: GridSink(source.layers, [local[i] for i in grid_members], g, precision=precision, kernel=kernel)
                  for g, grid_members in _sinks(pairs).items()}
@@ -236,7 +237,7 @@ def layer_similarity(store: FeatureStore, a: str, b: str, *, splits: Sequence[st
                      layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                      measures: Sequence[str] = ("cka",), null: int = 0, seed: int = 0, precision: str = "float64",
                      device: str | Placement = DEFAULT_DEVICE, max_memory: int | None = None,
-                     block_samples: int | None = None, progress: bool = True,
+                     block_samples: int | None = None, samples: int | None = None, progress: bool = True,
                      echo: Callable[[str], None] = print) -> LayerSimilarity:
     """Each measure between every stored layer of ``a`` and of ``b`` in ``splits`` (and A × A, B × B).
 
@@ -244,7 +245,8 @@ def layer_similarity(store: FeatureStore, a: str, b: str, *, splits: Sequence[st
     every layer of the network in ``splits``, in natural order of tensor names. ``a == b`` gives
     the network's self-similarity. ``max_memory`` bounds the moments of one pass (default: half
     the memory available). ``null`` repetitions of the permutation null (A ≠ B) give each A × B
-    cell its null mean, sd and p-value.
+    cell its null mean, sd and p-value. ``samples`` uses only the first that many samples (images x
+    views) of every layer.
     """
     measures = _check_measures(measures)
     check_precision(precision)
@@ -268,7 +270,10 @@ def layer_similarity(store: FeatureStore, a: str, b: str, *, splits: Sequence[st
         if (i, j) not in pairs:
             pairs[(i, j)] = common_grid(layers[i].grid, layers[j].grid,
                                         f"{layers[i].describe()} and {layers[j].describe()}")
-    samples = LayerSource(store, layers).samples  # refuses unpaired splits, incomplete or damaged arrays, before any pass
+    stored = LayerSource(store, layers).samples  # refuses unpaired splits, incomplete or damaged arrays, before any pass
+    if samples is not None and not 2 <= samples:
+        raise LintwinError(f"samples must be at least 2, got {samples}")
+    samples = stored if samples is None else min(samples, stored)
     dims = [x.dim for x in layers]
     budget = max_memory if max_memory is not None else available_memory() // 2
     plan = _plan(pairs, dims, budget)
@@ -286,7 +291,7 @@ def layer_similarity(store: FeatureStore, a: str, b: str, *, splits: Sequence[st
              f"groups ({len(plan.passes)} passes, at most {human_bytes(plan.peak_bytes)} each)")
     t0 = time.perf_counter()
     got = _run(store, layers, plan, measures, precision=precision, place=place, block_samples=block_samples,
-               progress=progress, notes=notes)
+               stop=samples, progress=progress, notes=notes)
     seconds = {"moments_and_measures": time.perf_counter() - t0}
     result = LayerSimilarity(
         str(store.path), splits, a, b, la, lb,
@@ -323,7 +328,8 @@ def _null(store: FeatureStore, layers: list[StoredLayer], ia: list[int], ib: lis
         shift = draw_shift(samples, rng)
         shifts.append(shift)
         got = _run(store, layers, plan, measures, precision=precision, place=place, block_samples=block_samples,
-                   progress=progress, notes=[], shifted=frozenset(ib), shift=shift, seed=int(rng.integers(2**63)),
+                   stop=samples, progress=progress, notes=[], shifted=frozenset(ib), shift=shift,
+                   seed=int(rng.integers(2**63)),
                    desc=f"null {r + 1}/{repeats}")
         for p, (values, _) in got.items():
             for k, v in values.items():

@@ -155,8 +155,9 @@ class LayerSource:
     Each block is ``(sample_offset, [rows of those samples for each layer])``; a layer's block has
     ``rows_per_sample`` rows per sample. ``shift`` pairs the layers at indices ``shifted`` with
     other samples for a permutation null: their rows are read ``shift`` samples further on
-    (cyclically) and the samples shuffled within each block (the rows of one sample stay together,
-    in their positions), seeded by ``seed`` so a second read gives the same pairing.
+    (cyclically within ``start .. stop``) and the samples shuffled within each block (the rows of
+    one sample stay together, in their positions), seeded by ``seed`` so a second read gives the
+    same pairing.
 
     By default a block holds whole chunks and about 256 MiB of float32 rows of all layers
     together; layers of one split with one row per sample are read in the blocks
@@ -207,10 +208,10 @@ class LayerSource:
                              f"read ({type(exc).__name__}: {exc}); `lintwin check` reports every chunk") from None
 
     def _shifted(self, k: int, s0: int, s1: int, rng: np.random.Generator) -> np.ndarray:
-        n, count = self.samples, s1 - s0
-        a = (s0 + self.shift) % n
+        lo, hi, count = self.start, self.stop, s1 - s0  # cyclic within the source's own samples
+        a = lo + (s0 - lo + self.shift) % (hi - lo)
         b = a + count
-        x = self._read(k, a, b) if b <= n else np.concatenate([self._read(k, a, n), self._read(k, 0, b - n)])
+        x = self._read(k, a, b) if b <= hi else np.concatenate([self._read(k, a, hi), self._read(k, lo, lo + b - hi)])
         r = self.layers[k].rows_per_sample
         return x.reshape(count, r, -1)[rng.permutation(count)].reshape(count * r, -1)
 
