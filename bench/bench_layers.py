@@ -5,7 +5,7 @@ Needs the store of ``python bench/layers_imagenet.py extract`` (4,281 fitting im
 photos and 3,781 clothing photos).
 
     python bench/bench_layers.py accumulate [--store runs/layers-imagenet/layers.zarr]
-    python bench/bench_layers.py similarity [--store ...] [--config positions|pooled]
+    python bench/bench_layers.py similarity [--store ...] [--config positions|pooled] [--images N]
 
 ``accumulate``: one mid-network layer of each network per position (MobileNetV2 features.13, 96
 channels, and EfficientNet-Lite0 block 10, 112 channels, both 14 x 14: 4,281 x 196 = 839,076 rows
@@ -93,14 +93,15 @@ def _child(args: argparse.Namespace) -> None:
     la = [x for x in stored_layers(store, splits, A)]
     lb = [x for x in stored_layers(store, splits, B)]
     t0 = time.perf_counter()
+    n = la[0].samples if args.images is None else min(args.images, la[0].samples)
     if args.side == "stream":
-        res = layer_similarity(store, A, B, splits=splits, progress=False, echo=lambda _: None)
+        res = layer_similarity(store, A, B, splits=splits, samples=n, progress=False, echo=lambda _: None)
         values = {"ab": res.measures["cka"], "aa": res.self_a["cka"], "bb": res.self_b["cka"]}
     else:
         layers = la + lb
         data = []
         for x in layers:  # every layer in memory, float64, centred (as a CKA library holds it)
-            v = np.asarray(store.features(x.split, x.array)[:], dtype=np.float64)
+            v = np.asarray(store.features(x.split, x.array)[: n * x.rows_per_sample], dtype=np.float64)
             data.append(v - v.mean(axis=0))
 
         def cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -111,18 +112,19 @@ def _child(args: argparse.Namespace) -> None:
                   "aa": [[cka(data[i], data[j]) for j in range(k)] for i in range(k)],
                   "bb": [[cka(data[k + i], data[k + j]) for j in range(len(lb))] for i in range(len(lb))]}
     seconds = time.perf_counter() - t0
-    rows = la[0].samples * la[0].rows_per_sample
+    rows = n * la[0].rows_per_sample
     print(json.dumps({"seconds": seconds, "peak_mib": _peak_mib(), "values": values, "rows": rows,
                       "layers": [len(la), len(lb)], "sum_dims": sum(x.dim for x in la + lb)}))
 
 
-def bench_similarity(store_path: Path, config: str) -> dict:
+def bench_similarity(store_path: Path, config: str, images: int | None) -> dict:
     probe = "import resource, lintwin, numpy, zarr; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     base = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     out = {"config": config, "import_peak_mib": float(base.stdout), "sides": {}}
     for side in ("stream", "memory"):
+        more = [] if images is None else ["--images", str(images)]
         proc = subprocess.run([sys.executable, __file__, "child", "--store", str(store_path), "--config", config,
-                               "--side", side], capture_output=True, text=True, check=False)
+                               "--side", side, *more], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             out["sides"][side] = {"failed": proc.stderr[-500:]}
             continue
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--config", choices=["positions", "pooled"], default="positions")
     ap.add_argument("--side", choices=["stream", "memory"], default="stream")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--images", type=int, default=None, help="similarity: the first N images only")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     if args.what == "child":
@@ -159,7 +162,7 @@ def main() -> None:
                 + format_table(["precision", "how", "rows/s", "GFLOP/s", "of ceiling"], table))
         stem = "layers_accumulate"
     else:
-        res = bench_similarity(args.store, args.config)
+        res = bench_similarity(args.store, args.config, args.images)
         rows = [[side, f"{s.get('seconds', float('nan')):.1f}", f"{s.get('peak_mib', float('nan')):,.0f}"]
                 for side, s in res["sides"].items()]
         first = next(iter(s for s in res["sides"].values() if "rows" in s), {})
@@ -167,7 +170,7 @@ def main() -> None:
                 f"{first.get('rows', 0):,} rows each; peak memory includes {res['import_peak_mib']:.0f} MiB of imports; "
                 f"max |Δ CKA| {res.get('max_abs_difference', float('nan')):.2e}\n"
                 + format_table(["approach", "seconds", "peak MiB"], rows))
-        stem = f"layers_similarity_{args.config}"
+        stem = f"layers_similarity_{args.config}_{first.get('rows', 0)}"
     res["load_average"] = load
     text += f"\nload average at the start {load[0]:.1f} (2 CPU cores shared with other work)"
     print(text)

@@ -40,15 +40,15 @@ INCEPTION = {28: ["/body/body.0/body.0.2/Relu_output_0"],
 VIT = ["/Transpose_output_0"] + [f"/blocks/blocks.{k}/Add_1_output_0" for k in range(4)]
 NETS = {"fmnist-resnet": RESNET, "fmnist-resnet-s1": RESNET, "fmnist-inception": INCEPTION}
 # the sweep: matched depths (grid of A → grid of B)
-SWEEP_A = ["/body/body.0/body.0.2/Relu_output_0", "/body/body.2/relu/Relu_output_0", "/body/body.3/relu/Relu_output_0",
-           "/body/body.4/relu/Relu_output_0", "/body/body.5/relu/Relu_output_0", "features"]
-SWEEP_B = ["/body/body.0/body.0.2/Relu_output_0", "/body/body.2/Concat_output_0", "/body/body.3/Concat_output_0",
-           "/body/body.4/MaxPool_output_0", "/body/body.5/Concat_output_0", "features"]
+SWEEP_A = ["/body/body.2/relu/Relu_output_0", "/body/body.3/relu/Relu_output_0", "/body/body.4/relu/Relu_output_0",
+           "/body/body.5/relu/Relu_output_0", "features"]
+SWEEP_B = ["/body/body.2/Concat_output_0", "/body/body.3/Concat_output_0", "/body/body.4/MaxPool_output_0",
+           "/body/body.5/Concat_output_0", "features"]
 # within-network control: each block output of the residual network into its next one
-NEXT_A = ["/body/body.0/body.0.2/Relu_output_0", "/body/body.2/relu/Relu_output_0", "/body/body.3/relu/Relu_output_0",
-          "/body/body.4/relu/Relu_output_0", "/body/body.5/relu/Relu_output_0"]
-NEXT_B = ["/body/body.1/relu/Relu_output_0", "/body/body.3/relu/Relu_output_0", "/body/body.4/relu/Relu_output_0",
-          "/body/body.5/relu/Relu_output_0", "/body/body.6/body.6.2/Relu_output_0"]
+NEXT_A = ["/body/body.2/relu/Relu_output_0", "/body/body.3/relu/Relu_output_0", "/body/body.4/relu/Relu_output_0",
+          "/body/body.5/relu/Relu_output_0"]
+NEXT_B = ["/body/body.3/relu/Relu_output_0", "/body/body.4/relu/Relu_output_0", "/body/body.5/relu/Relu_output_0",
+          "/body/body.6/body.6.2/Relu_output_0"]
 
 
 def extract(out: Path) -> None:
@@ -67,9 +67,13 @@ def extract(out: Path) -> None:
         for images, prefix in ((TEST, "test"), (fit, "fit")):
             if prefix == "fit" and name == "fmnist-resnet-s1":
                 continue  # not in the sweep
+            if prefix == "test" and name == "fmnist-resnet-random":
+                continue  # not in the heatmaps
             run("extract", model, images, "--store", store, "--split", f"{prefix}-avg", "--pool", "avg",
                 "--layers", ",".join([*every, "features"]), "--workers", 1, "-q")
             for grid, tensors in grids.items():
+                if prefix == "fit" and grid == 28:
+                    continue  # the sweep starts at 14 x 14
                 run("extract", model, images, "--store", store, "--split", f"{prefix}-p{grid}", "--pool", "positions",
                     "--layers", ",".join(tensors), "--workers", 1, "-q")
     run("extract", MODELS / "fmnist-vit.onnx", TEST, "--store", store, "--split", "test-avg", "--pool", "avg",
@@ -89,7 +93,7 @@ def similarity(out: Path) -> None:
 
 def sweep(out: Path) -> None:
     store = out / "layers.zarr"
-    splits = [x for g in (28, 14, 7) for x in ("--split", f"fit-p{g}")] + ["--split", "fit-avg"]
+    splits = [x for g in (14, 7) for x in ("--split", f"fit-p{g}")] + ["--split", "fit-avg"]
     common = ["--store", store, *splits, "--images", TEST, "--ridge", "auto", "--pairing", "zip", "-q"]
     resnet, inception = MODELS / "fmnist-resnet.onnx", MODELS / "fmnist-inception.onnx"
     run("stitch-sweep", "--a", resnet, "--b", inception, "--layers-a", ",".join(SWEEP_A), "--layers-b",

@@ -43,8 +43,8 @@ def stitch_sweep_output(sweep: StitchSweep, payload: dict[str, Any], fmt: Output
         return json.dumps(payload, indent=2, allow_nan=False)
     if fmt is OutputFormat.csv:
         rows = [[r["layer_a"], r["layer_b"], "x".join(map(str, r["grid_b"])), r["correct"],
-                 r["accuracy"]["estimate"], r["accuracy"]["low"], r["accuracy"]["high"],
-                 r["penalty"]["estimate"], r["penalty"]["low"], r["penalty"]["high"]] for r in sweep.rows]
+                 *(round(r[k][e], 6) for k in ("accuracy", "penalty") for e in ("estimate", "low", "high"))]
+                for r in sweep.rows]
         return Table(["layer_a", "layer_b", "grid", "correct", "accuracy", "accuracy_low", "accuracy_high",
                       "penalty", "penalty_low", "penalty_high"], rows).csv()
     table = _table(sweep)
