@@ -61,3 +61,12 @@ def test_solver_precision_quick(tmp_path):
     for r in rows:  # float64 products agree with gelsd to rounding; float32 products to the order stated
         assert r["prediction_rel_err"] < (1e-10 if r["precision"] == "float64" else 1e-4)
         assert r["estimated_prediction"] > 0 and r["estimated_w"] > 0
+
+
+def test_layer_scripts_show_their_steps():
+    """The layer scripts need the ImageNet store or minutes of extraction; here they only parse their command line."""
+    for script, words in (("bench_layers.py", "accumulate"), ("layers_fashion.py", "sweep"),
+                          ("layers_imagenet.py", "similarity")):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and words in proc.stdout, proc.stderr[-2000:]

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 # Each module registers its commands on ``app``.
-from . import fit_cmds, layer_cmds, neighbours_cmd, pipeline_cmds, similarity_cmd, store_cmds, study_cmds  # noqa: F401
+from . import (  # noqa: F401
+    fit_cmds,
+    layer_cmds,
+    layer_similarity_cmd,
+    neighbours_cmd,
+    pipeline_cmds,
+    similarity_cmd,
+    stitch_cmds,
+    store_cmds,
+    study_cmds,
+)
 from ._common import app
 
 __all__ = ["app", "main"]

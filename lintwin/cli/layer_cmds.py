@@ -1,4 +1,4 @@
-"""Layer commands: list the tensors of an ONNX model that can serve as layers, and split a model at one."""
+"""Layer commands: list the tensors of an ONNX model that can serve as layers, split a model at one, randomize it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..core.outputs import check_output_dir
 from ..networks.cut import split_model
 from ..networks.layers import read_model
 from ..networks.onnx_models import ModelSpec, sidecar_path
+from ..networks.random_weights import randomize_model
 from ._common import app, cli_errors, echo
 
 
@@ -68,3 +69,19 @@ def split(
         echo(f"head(backbone(x)) vs {model.name} on a probe: max |Δ| {r.max_abs_diff:.3g} "
              f"({r.relative_diff:.3g} relative to max |output| {r.max_abs_output:.3g})")
         echo(f"wrote {r.backbone}, {r.head} and {r.sidecar}")
+
+
+@app.command()
+def randomize(
+    model: Annotated[Path, typer.Argument(help="ONNX model of images (sidecar NAME.json beside it)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the copy with random weights, NAME.onnx (its sidecar "
+                                                                  "NAME.json is written beside it)")],
+    seed: Annotated[int, typer.Option(help="seed of the random weights")] = 0,
+) -> None:
+    """Write the same architecture with random weights (He-normal Conv/Gemm/MatMul weights, zero biases): the
+    random-feature control of a stitching penalty."""
+    with cli_errors():
+        r = randomize_model(model, output, seed=seed)
+        echo(f"wrote {r.model} ({r.weights} weight tensors redrawn, {r.biases} biases zeroed, seed {seed}) and "
+             f"{r.sidecar}")
+

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 import typer
 
-from ..core.files import atomic_write
+from ..core.files import atomic_write, strict_json
 from ..errors import LintwinError
 from ..experiments.pair_similarity import pair_similarity
 from ..experiments.similarity_report import measure_label, plot_similarity, similarity_output
@@ -17,19 +16,6 @@ from ..experiments.tables import OutputFormat
 from ..measures.similarity import DEFAULT_ALPHAS
 from ..storage.store import FeatureStore
 from ._common import DeviceChoice, PrecisionChoice, app, cli_errors, echo, maybe_dask
-
-
-def _finite(x: Any) -> Any:
-    """``x`` with NaN/Inf floats as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 @app.command("similarity")
@@ -62,7 +48,7 @@ def similarity_cmd(
         sim, m = res.similarity, res.moments
         null_summary = res.null_summary()
         notes = res.null.notes(null_summary, lambda key: measure_label(key, a, b)) if res.null is not None else []
-        payload = _finite(res.as_dict())
+        payload = strict_json(res.as_dict())
         say = echo if fmt is OutputFormat.text else (lambda text: typer.echo(text, err=True))
         say(f"{a} vs {b} on {split!r}: {sim.n} rows, dims {m.dim_a} + {m.dim_b}, {precision.value} moments "
             f"({res.seconds:.1f} s)")

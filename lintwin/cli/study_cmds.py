@@ -1,4 +1,4 @@
-"""``lintwin study`` (every ordered pair of N networks) and ``lintwin stitch`` (backbone + map + head as one ONNX)."""
+"""``lintwin study``: every ordered pair of N networks, fitted from one pass and scored in one more."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from typing import Annotated
 
 import typer
 
-from ..affine import AffineMap
 from ..core.params import parse_bytes, parse_ridge
 from ..errors import LintwinError
 from ..experiments.hints import require_eval_split
 from ..experiments.study import resolve_heads, run_study
 from ..experiments.study_report import check_study_out, study_output, write_study
 from ..experiments.tables import OutputFormat
-from ..networks.images import open_images
 from ..networks.onnx_models import NetworkSpec
-from ..networks.stitch import check_stitched, stitch_outputs
 from ..networks.stitch import stitch as do_stitch
 from ..solvers import AdamOptions
 from ..storage.store import FeatureStore
@@ -123,26 +120,3 @@ def study(
                            out / "stitched" / f"{a}_to_{b}.onnx")
             say(f"wrote the stitched model {st.model} (image → {b}'s logits through {a}'s features), sidecar "
                  f"{st.sidecar}; check it on images with lintwin stitch ... --images")
-
-
-@app.command()
-def stitch(
-    backbone: Annotated[Path, typer.Option("--backbone", help="source network A's backbone ONNX (sidecar beside it)")],
-    map_file: Annotated[Path, typer.Option("--map", help="map A→B .npz from solve, compare or study")],
-    head: Annotated[Path, typer.Option("--head", help="target network B's head ONNX")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="stitched model file, NAME.onnx")],
-    images: Annotated[Path | None, typer.Option(help="images to check the stitched model on (folder, .npz or IDX)")] = None,
-    count: Annotated[int, typer.Option(min=1, help="images to check")] = 256,
-) -> None:
-    """Write one ONNX model (image → B's logits through A's features and the map) and check it against the three steps."""
-    with cli_errors():
-        inputs = [map_file] + ([images] if images is not None else [])
-        stitch_outputs(output, backbone, head, also=inputs)
-        amap = AffineMap.load(map_file)
-        st = do_stitch(backbone, amap, head, output, also=inputs)
-        echo(f"wrote {st.model} (image → {amap.dst}'s logits), {st.backbone.name} + {st.head.name} and the "
-             f"sidecar {st.sidecar.name}")
-        if images is not None:
-            c = check_stitched(st, backbone, amap, head, open_images(images), count=count)
-            echo(f"checked on {c.images} images against backbone → map → head: max logit difference "
-                 f"{c.max_logit_diff:.2e} (largest logit {c.max_logit:.2f}), top-1 agreement {100 * c.top1_agreement:.2f}%")

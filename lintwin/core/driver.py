@@ -122,7 +122,10 @@ def run_pass(source: BlockSource, sinks: Sequence[Sink], *, placement: Placement
              progress: bool = False, desc: str = "pass") -> None:
     """Stream ``source`` once: place each block, feed every sink, then refuse NaN/Inf by row.
 
-    ``placement`` defaults to the source's own (arrays in memory stay where they are).
+    ``placement`` defaults to the source's own (arrays in memory stay where they are). The
+    progress bar counts the rows of each block's first array. A source whose blocks hold
+    different row counts (layers of several grids, paired by sample) says where NaN/Inf are
+    with its own ``locate_nonfinite()``.
     """
     place = placement or getattr(source, "placement", None) or make_placement("cpu")
     with tqdm(total=source.rows, desc=desc, unit="rows", unit_scale=True, disable=not progress) as bar:
@@ -132,7 +135,11 @@ def run_pass(source: BlockSource, sinks: Sequence[Sink], *, placement: Placement
                 sink.update(lo, blocks)
             bar.update(int(host[0].shape[0]))
     if not all(sink.is_finite() for sink in sinks):
-        locate_nonfinite(source.blocks(), source.names)
+        locate = getattr(source, "locate_nonfinite", None)  # a source whose blocks differ in rows names its own
+        if locate is not None:
+            locate()
+        else:
+            locate_nonfinite(source.blocks(), source.names)
         for sink in sinks:
             sink.check_finite()  # finite values whose products overflow, named by the sink
 

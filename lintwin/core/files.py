@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_all", "jsonable", "remove_stale_temporaries"]
+__all__ = ["atomic_write", "atomic_write_all", "jsonable", "remove_stale_temporaries", "strict_json"]
 
 Writer = Callable[[IO[bytes]], object]
 
@@ -118,3 +118,16 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+def strict_json(x: Any) -> Any:
+    """``x`` made strict-JSON-ready: NaN/Inf floats as None, NumPy scalars as Python numbers, keys as text."""
+    if isinstance(x, dict):
+        return {str(k): strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

@@ -286,6 +286,21 @@ class Moments:
             raise LintwinError("no rows were accumulated: the training split is empty")
         return self.select([a, b])
 
+    def twin(self, name: str) -> Moments:
+        """Block ``name`` paired with an exact copy of itself (a layer's similarity to itself), a new accumulator."""
+        i = self.index(name)
+        out = Moments(self.dims[i], self.dims[i], names=[name, f"{name} (copy)"], precision=self.precision)
+        if self.kernel is not None:
+            out.kernel = self.kernel.select([i, i])
+        if self.n:
+            xp = namespace(self.mean)
+            cols = np.arange(self.offsets[i], self.offsets[i] + self.dims[i])
+            take = xp.asarray(np.concatenate([cols, cols]), device=device(self.mean))
+            out.n, out.mean = self.n, xp.take(self.mean, take, axis=0)
+            out.comoment = xp.take(xp.take(self.comoment, take, axis=0), take, axis=1)
+            out._owned = True
+        return out
+
     def swapped(self) -> Moments:
         """The moments of a pair with the roles of a and b exchanged (a new accumulator)."""
         return self.select(self.names[::-1])

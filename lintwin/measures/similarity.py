@@ -73,7 +73,7 @@ from ..results import NamedResult, short_number
 from ..solvers import default_rcond, factor, maps_from_moments, ridge_cv
 from ..solvers.ridge_cv import fold_weights
 
-__all__ = ["DEFAULT_ALPHAS", "Similarity", "similarity"]
+__all__ = ["DEFAULT_ALPHAS", "Similarity", "linear_cka", "similarity"]
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
 
@@ -159,6 +159,16 @@ def _side(S: Any, mean: Any, n: int, precision: str, rcond: float, name: str, xp
 def _cka(blk: dict[str, Any], xp: Any) -> float:
     ab, aa, bb = (float(xp.sum(blk[k] * blk[k])) for k in ("ab", "aa", "bb"))
     return ab / math.sqrt(aa * bb)
+
+
+def linear_cka(m: Moments) -> float:
+    """Linear CKA of a pair's moments alone (``similarity(m)["cka"]`` without the other measures' factorisations)."""
+    blk = m.blocks()
+    xp = namespace(blk["ab"])
+    for name, key in zip(m.names, ("aa", "bb")):
+        if not float(xp.sum(blk[key] * blk[key])) > 0:
+            raise LintwinError(f"every unit of {name} is constant over the rows: no similarity to measure")
+    return _cka(blk, xp)
 
 
 _CANCELLATION_TOL = 1e-7  # largest rounding error of debiased CKA (estimated) that lintwin reports

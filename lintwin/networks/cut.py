@@ -26,7 +26,7 @@ from ..storage.store import check_name
 from .layers import Layer, ModelGraph, read_model
 from .onnx_models import ModelSpec, file_sha256, open_session
 
-__all__ = ["ROUND_TRIP_TOLERANCE", "SplitResult", "split_model"]
+__all__ = ["ROUND_TRIP_TOLERANCE", "SplitResult", "check_cut", "cut_parts", "split_model", "with_layer_shape"]
 
 ROUND_TRIP_TOLERANCE = 1e-5  # max |head(backbone(x)) - model(x)| relative to max |model(x)|
 PROBE_IMAGES = 4
@@ -60,7 +60,12 @@ def _choose_cut(graph: ModelGraph, at: str | None) -> Layer:
                              "on a vector per image) to cut before: give the cut with --at "
                              f"(`lintwin layers {name}` lists the tensors and marks the cuts)")
         return cut
-    cut = graph.layer(at)
+    return check_cut(graph, graph.layer(at))
+
+
+def check_cut(graph: ModelGraph, cut: Layer) -> Layer:
+    """``cut`` if everything after it needs nothing but it (not the output, no skip connection across it)."""
+    name = graph.path.name
     if cut.name in graph.outputs:
         raise ModelError(f"{cut.name} is {name}'s output: a head after it would be empty; cut at an earlier tensor")
     crossing = graph.crossings(cut.name)
@@ -73,7 +78,7 @@ def _choose_cut(graph: ModelGraph, at: str | None) -> Layer:
     return cut
 
 
-def _with_cut_shape(model: onnx.ModelProto, cut: Layer) -> onnx.ModelProto:
+def with_layer_shape(model: onnx.ModelProto, cut: Layer) -> onnx.ModelProto:
     """A copy of ``model`` whose value_info gives the cut's full shape (batch symbolic), for the Extractor."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -105,9 +110,9 @@ def _reshaper(src: str, src_shape: list[int], dst: str, shape: list[int], like: 
     return model
 
 
-def _parts(graph: ModelGraph, cut: Layer) -> tuple[onnx.ModelProto, onnx.ModelProto, str]:
+def cut_parts(graph: ModelGraph, cut: Layer) -> tuple[onnx.ModelProto, onnx.ModelProto, str]:
     """Backbone (image → features N x D) and head (features → outputs), and the features' name."""
-    extractor = Extractor(_with_cut_shape(graph.model, cut))
+    extractor = Extractor(with_layer_shape(graph.model, cut))
     backbone = extractor.extract_model([graph.input_name], [cut.name])
     head = extractor.extract_model([cut.name], graph.outputs)
     if cut.kind == "vector":
@@ -152,7 +157,7 @@ def split_model(model_path: str | Path, out_dir: str | Path, name: str, *, at: s
     if out_shape is None or out_shape.kind != "vector":
         raise ModelError(f"{model_path.name}'s output is not N x classes; lintwin splits classifiers")
     cut = _choose_cut(graph, at)
-    backbone, head, features = _parts(graph, cut)
+    backbone, head, features = cut_parts(graph, cut)
     for part, what in ((backbone, "backbone"), (head, "head")):
         try:
             onnx.checker.check_model(part)

@@ -29,7 +29,7 @@ from ..errors import ModelError
 from .preprocess import Preprocess
 from .taps import Taps, dim_value, typed_shapes
 
-__all__ = ["Layer", "ModelGraph", "load_onnx", "read_model"]
+__all__ = ["Layer", "ModelGraph", "load_onnx", "model_graph", "read_model"]
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 PROBE_BATCH = 2  # the probe's batch: a first axis of this size where inference left it open is the batch
@@ -259,7 +259,11 @@ def _classifier_input(model: onnx.ModelProto, producer: dict[str, Any], outputs:
 def read_model(path: str | Path, preprocess: Preprocess | None = None) -> ModelGraph:
     """Read ``path``'s layers. ``preprocess`` gives the input size where the model leaves it open."""
     path = Path(path)
-    model = load_onnx(path)
+    return model_graph(load_onnx(path), path, preprocess)
+
+
+def model_graph(model: onnx.ModelProto, path: Path, preprocess: Preprocess | None = None) -> ModelGraph:
+    """The layers of a model already in memory (``path`` names it in messages)."""
     input_name, chw = _input(model, path, preprocess)
     inferred, batch = _fixed_input(model, input_name, chw)
     g = inferred.graph

@@ -31,7 +31,7 @@ from ..errors import LintwinError, MapFileError, ModelError, ShapeError, UnsafeP
 from .images import ImageSet
 from .onnx_models import Backbone, Head, NetworkSpec
 
-__all__ = ["StitchCheck", "Stitched", "check_stitched", "stitch", "stitch_outputs"]
+__all__ = ["StitchCheck", "Stitched", "check_stitched", "merge", "opset_of", "same_opset", "stitch", "stitch_outputs"]
 
 
 def _load(path: Path) -> Any:
@@ -53,7 +53,7 @@ def _io(model: Any, path: Path) -> tuple[str, str]:
     return inputs[0], model.graph.output[0].name
 
 
-def _opset(model: Any) -> int:
+def opset_of(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
@@ -74,19 +74,19 @@ def _map_model(amap: AffineMap, opset: int, ir_version: int) -> Any:
     return model
 
 
-def _same_opset(model: Any, opset: int, path: Path) -> Any:
+def same_opset(model: Any, opset: int, path: Path) -> Any:
     from onnx import version_converter
 
-    if _opset(model) == opset:
+    if opset_of(model) == opset:
         return model
     try:
         return version_converter.convert_version(model, opset)
     except Exception as exc:  # noqa: BLE001  the converter raises plain RuntimeErrors for unsupported ops
-        raise ModelError(f"{path} uses opset {_opset(model)} and cannot be converted to the backbone's opset "
+        raise ModelError(f"{path} uses opset {opset_of(model)} and cannot be converted to the backbone's opset "
                          f"{opset} ({type(exc).__name__})") from None
 
 
-def _merge(first: Any, second: Any, io_map: list[tuple[str, str]], prefix: str) -> Any:
+def merge(first: Any, second: Any, io_map: list[tuple[str, str]], prefix: str) -> Any:
     from onnx import compose
 
     ir = max(first.ir_version, second.ir_version)
@@ -178,10 +178,10 @@ def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | P
     head_dim = Head(head).feature_dim
     if head_dim is not None and head_dim != amap.dst_dim:
         raise ShapeError(f"map {amap.name} gives {amap.dst_dim}-dim features, {head.name} expects {head_dim}")
-    opset = _opset(bb)
-    hd = _same_opset(hd, opset, head)
-    front = _merge(bb, _map_model(amap, opset, bb.ir_version), [(bb_out, "features")], "map_")
-    full = _merge(onnx.load_from_string(front.SerializeToString()), hd, [("map_mapped", hd_in)], "head_")
+    opset = opset_of(bb)
+    hd = same_opset(hd, opset, head)
+    front = merge(bb, _map_model(amap, opset, bb.ir_version), [(bb_out, "features")], "map_")
+    full = merge(onnx.load_from_string(front.SerializeToString()), hd, [("map_mapped", hd_in)], "head_")
     try:
         onnx.checker.check_model(full)
     except onnx.checker.ValidationError as exc:

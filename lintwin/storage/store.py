@@ -250,23 +250,28 @@ class FeatureStore:
         labels = self._aux(split, "labels")
         return int(labels.shape[0]) if labels is not None else 0
 
-    def _read_aux(self, split: str, key: str) -> np.ndarray | None:
+    def _read_aux(self, split: str, key: str, step: int = 1) -> np.ndarray | None:
         arr = self._aux(split, key)
         if arr is None:
             return None
         what = f"{key} of split {split!r}"
         self._complete(arr, what, split, key)
         try:
-            return np.asarray(arr[:])
+            return np.asarray(arr[:: int(step)])
         except Exception as exc:  # noqa: BLE001  (zarr raises many types for damaged data)
             raise StoreError(f"{what} cannot be read ({type(exc).__name__}: {exc}); "
                              "`lintwin check` reports every chunk") from None
 
-    def labels(self, split: str) -> np.ndarray | None:
-        return self._read_aux(split, "labels")
+    def labels(self, split: str, rows_per_sample: int = 1) -> np.ndarray | None:
+        """The label of every row, or (``rows_per_sample``) of the first row of each sample."""
+        return self._read_aux(split, "labels", rows_per_sample)
 
-    def ids(self, split: str) -> np.ndarray | None:
-        ids = self._read_aux(split, "ids")
+    def ids(self, split: str, rows_per_sample: int = 1) -> np.ndarray | None:
+        """The sample id of every row, or of the first row of each sample of per-position rows.
+
+        Only those ids are read, so a split of millions of position rows is not held as strings.
+        """
+        ids = self._read_aux(split, "ids", rows_per_sample)
         return None if ids is None else np.array(ids.tolist(), dtype=str)
 
     def check_paired(self, split: str, names: Sequence[str]) -> None:
