@@ -28,9 +28,12 @@ __all__ = ["Scaled", "constant_units", "default_rcond", "estimate_condition", "e
            "scale_system"]
 
 
+TF32_EPS = 2.0**-10  # TF32 keeps 10 mantissa bits (tensor cores' float32 products)
+
+
 def moment_eps(precision: str) -> float:
     """Relative rounding of moments accumulated at ``precision`` (machine epsilon of the products)."""
-    return float(np.finfo(precision).eps)
+    return TF32_EPS if precision == "tf32" else float(np.finfo(precision).eps)
 
 
 def default_rcond(precision: str) -> float:
