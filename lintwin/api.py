@@ -169,7 +169,7 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
     feature error or (``ridge_criterion="agreement"``, with ``target_heads`` mapping each target
     network's name to its head) by top-1 agreement; ``rank`` limits the map's rank.
     """
-    worker_device = device if isinstance(device, str) else device.label  # each Dask worker resolves "auto" itself
+    worker_device = device if isinstance(device, str) else device.spec  # each Dask worker resolves "auto" itself
     cfg = FitSettings(method=method, ridge=ridge if isinstance(ridge, (str, int, float)) else tuple(ridge),
                       rank=rank, folds=folds, precision=precision, init=init, ridge_criterion=ridge_criterion,
                       adam=adam or AdamOptions(), device=worker_device).validated(dask=dask_client is not None)

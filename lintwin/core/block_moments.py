@@ -111,7 +111,7 @@ class BlockKernel:
         """The block's sums; ``own`` lets the kernel shift ``z`` in place (a buffer nobody reads afterwards)."""
         xp = namespace(z)
         if is_cupy_namespace(xp):
-            return gpu.block_sums(z, precision, own, self.buffers)
+            return BlockSums(*gpu.block_sums(z, precision, own, self.buffers))
         if is_numpy_namespace(xp):
             return self._numpy(np.asarray(z), precision, own)
         return self._generic(z, precision, own, xp)

@@ -61,6 +61,12 @@ class Placement:
         return to_numpy(x)
 
     @property
+    def spec(self) -> str:
+        """The device spelling that makes this placement elsewhere (a Dask worker): ``cpu``, ``gpu:N`` or, for
+        another library's device, ``auto``."""
+        return self.label if self.label == "cpu" or self.is_gpu else DEFAULT_DEVICE
+
+    @property
     def gpu_index(self) -> int:
         return int(self.label.split(":")[1])
 

@@ -67,7 +67,7 @@ def solve_affine(
     sys = system if system is not None else factor(sxx, mean_x, n, precision, rcond=rcond)
     rhs = sys.scaled_rhs(sxy)
     info: dict[str, Any] = {"ridge": ridge, "rows": int(n), "dim": sys.dim, "reason": None, "rcond": sys.rcond,
-                            "precision": sys.precision, "constant_units": sys.n_constant}
+                            "precision": sys.precision, "rows": sys.n, "constant_units": sys.n_constant}
     effective = sys.effective
     if ridge == 0 and n - 1 < effective:
         info["reason"] = f"fewer rows ({n}) than non-constant features + 1 ({effective + 1})"
@@ -105,7 +105,7 @@ def _truncated_solve(sys: ScaledSystem, rhs: Any, ridge: float, info: dict) -> A
     lowest = float(evals[-1]) if evals.shape[0] else 0.0
     # Below the rounding floor of the moments (default rcond of the largest) an eigenvalue is noise: the whole
     # system's condition is then only known to be at least that floor's inverse.
-    resolvable = default_rcond(sys.precision)
+    resolvable = default_rcond(sys.precision, sys.n)
     floor = lowest <= resolvable * top
     info.update(solver="eigh", rank=rank, condition=top / lowest if not floor else (1.0 / resolvable if top > 0 else math.inf),
                 condition_is_lower_bound=floor,
@@ -127,10 +127,11 @@ def _finish(wt: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[
     bias = mean_y - weight @ mean_x
     cond = info.get("condition", float("inf"))
     # After a truncation this is the error of the truncated solution (set by the kept spectrum).
-    info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"])
-    info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"])
+    info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"], info["rows"])
+    info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"], info["rows"])
     if info["expected_error"] > ERROR_WARN:
-        hint = "use --precision float64" if info["precision"] == "float32" else "add a ridge (--ridge λ or auto)"
+        hint = ("use --precision float64" if info["precision"] in ("float32", "tf32")
+                else "add a ridge (--ridge λ or auto)")
         warnings.warn(f"{label}: the scaled system's condition number is ≈ {cond:.2e}, so W is expected to be "
                       f"within a relative {info['expected_error']:.1e} only at {info['precision']} precision; "
                       f"{hint}", PrecisionWarning, stacklevel=3)
