@@ -27,7 +27,7 @@ from ..api import fit_store
 from ..core.distributed import accumulate_dask
 from ..core.driver import accumulate, accumulate_folds
 from ..core.folds import image_folds
-from ..core.memory import available_memory, human_bytes, moments_bytes
+from ..core.memory import available_for, human_bytes, moments_bytes
 from ..core.moments import Moments
 from ..core.params import AdamOptions, FitSettings, parse_bytes
 from ..core.placement import DEFAULT_DEVICE, Placement, placement
@@ -255,7 +255,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         fit_dims = [int(store.info(split, n)["dim"]) for n in names]
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
-        budget = max_memory if max_memory is not None else available_memory() // 2
+        budget = max_memory if max_memory is not None else available_for(place) // 2
         need = folds * moments_bytes(dims)
         if need > budget:
             raise LintwinError(f"--ridge auto keeps {folds} folds of joint moments, about {human_bytes(need)}, more "
@@ -306,7 +306,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         fit_dims = [int(store.info(split, n)["dim"]) for n in names]
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
-        budget = max_memory if max_memory is not None else available_memory() // 2
+        budget = max_memory if max_memory is not None else available_for(place) // 2
         pair, moments_info = _fit_moments(store, names, dims, split=split, precision=precision, place=place,
                                           worker_device=worker_device, out=out, max_memory=budget,
                                           progress=progress, echo=echo, block_rows=block_rows,

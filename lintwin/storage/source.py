@@ -9,12 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from ..core.memory import available_for, block_rows_for
 from ..core.placement import Placement
 from ..errors import ShapeError
 from .reader import DEFAULT_DEPTH
 from .store import FeatureStore
 
-__all__ = ["StoreSource", "row_ranges", "store_fingerprint"]
+__all__ = ["GPU_BLOCK_ROWS", "StoreSource", "row_ranges", "store_fingerprint"]
+
+GPU_BLOCK_ROWS = 16384  # pinned host buffers stay a few hundred MiB each
 
 
 def row_ranges(rows: int, chunk: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
@@ -69,9 +72,17 @@ class StoreSource:
         yield from self.blocks_for(None)
 
     def blocks_for(self, place: Placement | None) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """:meth:`blocks` in host buffers made for ``place`` (pinned for a GPU, with a spare for its copies)."""
+        """:meth:`blocks` in host buffers made for ``place`` (pinned for a GPU, with a spare for its copies).
+
+        On a GPU, blocks are sized from the device's own free memory (its ring of block buffers, the
+        work buffer and the moments within half of it), at most :data:`GPU_BLOCK_ROWS` rows.
+        """
+        rows = self.block_rows
+        if rows is None and place is not None and place.is_gpu:
+            rows = min(block_rows_for(self.dims, available_for(place) // 2), GPU_BLOCK_ROWS)
+            rows = max(self.chunk_rows, rows - rows % self.chunk_rows)
         yield from self.store.iter_blocks(
-            self.split, list(self.names), block_rows=self.block_rows, start=self.start, stop=self.stop,
+            self.split, list(self.names), block_rows=rows, start=self.start, stop=self.stop,
             threads=self.threads, depth=self.depth, allocate=place.host_empty if place is not None else np.empty,
             spare=place.spare_buffers if place is not None else 0)
 
