@@ -56,6 +56,8 @@ class Config:
 class DevicePredictor:
     """Top-1 predictions of one head where the features are (see the module): host, device, or GPU."""
 
+    on_device = True  # ``predict`` takes features of any namespace and answers in it
+
     def __init__(self, head: Head):
         self.head = head
         try:
@@ -81,6 +83,8 @@ class DevicePredictor:
             self.head.check_dim(int(x.shape[1]), "got")
             return gpu.ort_predict(self.head.session, self.head.input_name, x)
         return self.head.predict(np.asarray(to_numpy(x), np.float32))  # a non-affine head off the GPU: via the host
+
+    predict = __call__
 
 
 class ScoreSink:
