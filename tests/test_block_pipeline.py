@@ -308,7 +308,7 @@ def test_cupy_fused_kernel_matches_the_reference(precision):
 
 
 @gpu_only
-def test_gpu_pass_overlaps_copies_and_matches_the_cpu(tmp_path):
+def test_gpu_pass_matches_the_cpu(tmp_path):
     write_synthetic_store(tmp_path / "s.zarr", train=30000, dim_a=96, dim_b=64, chunk_rows=1000)
     store = FeatureStore.open(tmp_path / "s.zarr")
     source = StoreSource(store, "train", ["A", "B"], block_rows=4000)
@@ -320,3 +320,14 @@ def test_gpu_pass_overlaps_copies_and_matches_the_cpu(tmp_path):
 
     np.testing.assert_allclose(to_numpy(on_gpu.comoment), on_cpu.comoment, rtol=1e-11,
                                atol=1e-11 * np.abs(on_cpu.comoment).max())
+
+
+def test_blocks_are_sized_from_the_budget_and_refused_beyond_it():
+    from lintwin.core.memory import block_rows_for, moments_bytes
+    from lintwin.errors import LintwinError
+
+    dims = (1536, 2048)
+    rows = block_rows_for(dims, 2 * 2**30)
+    assert moments_bytes(dims) + 4 * 4 * 3584 * rows <= 2 * 2**30 < moments_bytes(dims) + 4 * 4 * 3584 * (rows + 1)
+    with pytest.raises(LintwinError, match="more than the"):
+        block_rows_for(dims, moments_bytes(dims))

@@ -156,7 +156,7 @@ def block_sums(z: Any, precision: str, own: bool, buffers: dict[str, Any]) -> tu
     if precision == "tf32":
         handle = cupy.cuda.device.get_cublas_handle()
         mode = cublas.getMathMode(handle)
-        cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
+        cublas.setMathMode(handle, getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3))  # cuBLAS's value
         try:
             cupy.cublas.gemm("T", "N", w, w, out=g)
         finally:
