@@ -145,13 +145,12 @@ def main() -> None:
         lines.append("")
     if "solve" in args.parts:
         store = synthetic(args.work, args.rows[0], args.val, args.dims)
-        for label, code in codes.items():
-            print(f"solve --both ({label}), {args.rows[0]} rows", flush=True)
-            got = solve_job.measure(store, repeats=args.repeats, code=code)
-            result.setdefault("solve", {})[label] = got
-            lines += [f"solve --both, {args.rows[0]} train + {args.val} val rows ({label}; bench/solve_job.py)"]
-            lines += solve_job.table(got) + [""]
-            load.append(os.getloadavg()[0])
+        print(f"solve --both, {args.rows[0]} rows", flush=True)
+        got = result["solve"] = solve_job.measure(store, repeats=args.repeats, codes=codes)
+        lines += [f"solve --both, {args.rows[0]} train + {args.val} val rows (bench/solve_job.py), best of "
+                  f"{args.repeats}"]
+        lines += solve_job.table(got) + [""]
+        load.append(os.getloadavg()[0])
     if "extract" in args.parts:
         if (args.photos / "labels.csv").is_file() and (args.imagenet_models / "mobilenet_v2.json").is_file():
             print("extraction", flush=True)

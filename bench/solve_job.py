@@ -83,34 +83,42 @@ def timed(body: str) -> float:
     return float(body.rsplit("__SECONDS__", 1)[1].split()[0])
 
 
-def measure(store: Path, *, repeats: int = 2, code: Path | None = None) -> dict[str, dict[str, float]]:
-    """Best-of-``repeats`` seconds (and peak RSS) of lintwin, the floor and Ridge on ``store``, alternating."""
+def measure(store: Path, *, repeats: int = 2, codes: dict[str, Path | None] | None = None) -> dict[str, dict]:
+    """Best-of-``repeats`` seconds (and peak RSS) of the floor, Ridge and lintwin on ``store``, alternating.
+
+    ``codes`` maps labels to lintwin trees to time (None: the installed one); each repeat runs the
+    floor, Ridge and every tree's ``lintwin solve --both`` back to back, so all see the same machine.
+    """
+    codes = codes or {"": None}
     lintwin = [sys.executable, "-m", "lintwin.cli", "solve", str(store), "--src", "A", "--dst", "B", "--both", "-q",
                "--device", "cpu"]
-    runs: dict[str, list[tuple[float, float]]] = {"lintwin solve --both": [], "floor (ssyrk + 2 solves)": [],
-                                                   "2 x sklearn Ridge": []}
+    names = {label: f"lintwin solve --both{f' ({label})' if label else ''}" for label in codes}
+    runs: dict[str, list[tuple[float, float]]] = {"floor (ssyrk + 2 solves)": [], "2 x sklearn Ridge": []}
+    runs |= {name: [] for name in names.values()}
     for _ in range(repeats):
-        seconds, rss, _ = run_child(lintwin, code)
-        runs["lintwin solve --both"].append((seconds, rss))
-        _, rss, out = run_child([sys.executable, "-c", FLOOR, str(store)], code)
+        _, rss, out = run_child([sys.executable, "-c", FLOOR, str(store)])
         runs["floor (ssyrk + 2 solves)"].append((timed(out), rss))
-        _, rss, out = run_child([sys.executable, "-c", RIDGE, str(store)], code)
+        _, rss, out = run_child([sys.executable, "-c", RIDGE, str(store)])
         runs["2 x sklearn Ridge"].append((timed(out), rss))
+        for label, code in codes.items():
+            seconds, rss, _ = run_child(lintwin, code)
+            runs[names[label]].append((seconds, rss))
         print("  ", {k: round(v[-1][0], 2) for k, v in runs.items()}, flush=True)
     best = {k: min(v) for k, v in runs.items()}
-    out = {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in best.items()}
-    lw = best["lintwin solve --both"][0]
-    out["ratios"] = {"lintwin_over_floor": lw / best["floor (ssyrk + 2 solves)"][0],
-                     "ridge_over_lintwin": best["2 x sklearn Ridge"][0] / lw}
+    out: dict[str, dict] = {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in best.items()}
+    floor, ridge = best["floor (ssyrk + 2 solves)"][0], best["2 x sklearn Ridge"][0]
+    out["ratios"] = {name: {"lintwin_over_floor": best[name][0] / floor, "ridge_over_lintwin": ridge / best[name][0]}
+                     for name in names.values()}
     return out
 
 
-def table(result: dict[str, dict[str, float]]) -> list[str]:
-    """The result as text lines (seconds, peak RSS, the two ratios)."""
-    lines = [f"{'process':<28}{'seconds':>9}{'peak RSS MB':>13}"]
-    lines += [f"{k:<28}{v['seconds']:>9.2f}{v['peak_rss_mb']:>13.0f}" for k, v in result.items() if k != "ratios"]
-    r = result["ratios"]
-    lines += ["", f"lintwin / floor: {r['lintwin_over_floor']:.2f}x (goal <= 1.5); "
-                  f"Ridge / lintwin: {r['ridge_over_lintwin']:.2f}x (goal >= 3)",
-              "(lintwin: whole process; floor and Ridge: in-process on data in memory, loading not timed)"]
+def table(result: dict[str, dict]) -> list[str]:
+    """The result as text lines (seconds, peak RSS, the two ratios of each lintwin tree)."""
+    lines = [f"{'process':<36}{'seconds':>9}{'peak RSS MB':>13}"]
+    lines += [f"{k:<36}{v['seconds']:>9.2f}{v['peak_rss_mb']:>13.0f}" for k, v in result.items() if k != "ratios"]
+    lines.append("")
+    for name, r in result["ratios"].items():
+        lines.append(f"{name}: lintwin / floor {r['lintwin_over_floor']:.2f}x (goal <= 1.5); "
+                     f"Ridge / lintwin {r['ridge_over_lintwin']:.2f}x (goal >= 3)")
+    lines.append("(lintwin: whole process; floor and Ridge: in-process on data in memory, loading not timed)")
     return lines
