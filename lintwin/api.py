@@ -167,9 +167,10 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
     (a ``distributed.Client``) the moments are accumulated on its workers. ``ridge`` is one λ,
     one per direction, or ``"auto"``: chosen by ``folds``-fold CV over images, by held-out
     feature error or (``ridge_criterion="agreement"``, with ``target_heads`` mapping each target
-    network's name to its head) by top-1 agreement; ``rank`` limits the map's rank.
+    network's name to its head) by top-1 agreement (scored on ``device`` when the heads can run there,
+    ``on_device``; else on the CPU); ``rank`` limits the map's rank.
     """
-    worker_device = device if isinstance(device, str) else device.label  # each Dask worker resolves "auto" itself
+    worker_device = device if isinstance(device, str) else device.spec  # each Dask worker resolves "auto" itself
     cfg = FitSettings(method=method, ridge=ridge if isinstance(ridge, (str, int, float)) else tuple(ridge),
                       rank=rank, folds=folds, precision=precision, init=init, ridge_criterion=ridge_criterion,
                       adam=adam or AdamOptions(), device=worker_device).validated(dask=dask_client is not None)
@@ -190,7 +191,8 @@ def fit_store(store: FeatureStore, src: str, dst: str, *, split: str = "train", 
             head = (target_heads or {}).get(src if reverse else dst)
             if head is None:
                 raise LintwinError("the 'agreement' ridge criterion needs the target network's head")
-            return agreement_path(source, fold_of_row, fm, cv.lambdas, head, reverse=reverse, progress=progress)
+            return agreement_path(source, fold_of_row, fm, cv.lambdas, head, reverse=reverse, progress=progress,
+                                  place=place if getattr(head, "on_device", False) else None)
 
         maps = fit_ridge_cv(fm, both=both, rank=rank, agreement=agreement, criterion=cfg.ridge_criterion)
     elif cfg.closed_form:

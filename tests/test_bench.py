@@ -48,7 +48,8 @@ def test_bench_solve_process_small(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (tmp_path / "solve_process_3000_48_64.txt").read_text()
-    assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "ratio (Ridge / lintwin)" in text
+    assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "floor (ssyrk + 2 solves)" in text
+    assert "lintwin / floor" in text and "Ridge / lintwin" in text
 
 
 def test_solver_precision_quick(tmp_path):
@@ -70,3 +71,20 @@ def test_layer_scripts_show_their_steps():
         proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and words in proc.stdout, proc.stderr[-2000:]
+
+
+def test_bench_pipeline_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), "--quick", "--work",
+                           str(tmp_path / "w"), "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "pipeline_quick.txt").read_text()
+    assert "ssyrk in memory" in text and "lintwin (this tree)" in text and "lintwin / floor" in text
+
+
+def test_bench_gpu_runs_end_to_end_with_numpy(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--numpy", "--work",
+                           str(tmp_path / "w"), "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (result,) = tmp_path.glob("gpu_numpy-*.json")
+    data = json.loads(result.read_text())
+    assert data["numpy_mode"] and "ceilings" in data and "accumulate" in data and "similarity" in data

@@ -37,6 +37,7 @@ class DeviceChoice(StrEnum):
 class PrecisionChoice(StrEnum):
     float32 = "float32"
     float64 = "float64"
+    tf32 = "tf32"
 
 
 class InitChoice(StrEnum):
@@ -120,7 +121,8 @@ InitOpt = Annotated[InitChoice, typer.Option("--init", help="Adam start: random 
 VariantOpt = Annotated[AdamVariant, typer.Option(
     "--adam-variant", help="Adam: tensorflow (TF1's, as the paper ran it) or kingma (Kingma & Ba's)")]
 PrecisionOpt = Annotated[PrecisionChoice, typer.Option(
-    "--precision", help="float32 products summed in float64, or all float64")]
+    "--precision", help="float32 products summed in float64, all float64, or tf32 (a GPU's tensor cores; "
+                        "emulated on the CPU)")]
 DeviceOpt = Annotated[DeviceChoice, typer.Option("--device", help="auto uses the GPU when CuPy sees one")]
 FoldsOpt = Annotated[int, typer.Option("--folds", min=2, help="folds for --ridge auto")]
 DaskOpt = Annotated[Optional[str], typer.Option(

@@ -30,7 +30,8 @@ def similarity_cmd(
     folds: Annotated[int, typer.Option(min=0, help="image folds for the CV-ridge R² (0: skip it)")] = 5,
     svcca_keep: Annotated[float, typer.Option(help="SVCCA: fraction of variance kept per side")] = 0.99,
     alpha: Annotated[list[float] | None, typer.Option(help="shape-metric α (repeatable; default 0, 0.5, 1)")] = None,
-    precision: Annotated[PrecisionChoice, typer.Option(help="float32 products summed in float64, or all float64")] = PrecisionChoice.float64,
+    precision: Annotated[PrecisionChoice, typer.Option(
+        help="float32 products summed in float64, all float64, or tf32 (a GPU's tensor cores; emulated on the CPU)")] = PrecisionChoice.float64,
     device: Annotated[DeviceChoice, typer.Option(help="auto uses the GPU when CuPy sees one")] = DeviceChoice.auto,
     block_rows: Annotated[int | None, typer.Option(min=1, help="rows per streamed block")] = None,
     dask: Annotated[str | None, typer.Option(help="accumulate on a Dask cluster (no debiased CKA, no CV R²)")] = None,

@@ -8,6 +8,14 @@ maps, head predictions). The driver owns what every pass needs and no sink repea
 is synced per block; each sink says once at the end whether NaN/Inf reached its sums, and only
 then is the source read again to name the rows.
 
+A source whose blocks are column views of one joined buffer ``[A B ...]`` yields them as
+:class:`JoinedBlocks`: the driver then moves the whole buffer in one transfer (through the
+placement's :meth:`~lintwin.core.placement.Placement.feed`: on a GPU an asynchronous copy on its
+own stream, fenced so the source reuses the host buffer only after it), and a moments sink
+accumulates the joined block as it is -- in place, when the block is scratch and it is the only
+sink. A source with ``blocks_for(placement)`` is asked for blocks made for the placement
+(pinned host buffers on a GPU).
+
 New block sources (image × position rows of a layer, a GPU reader) and new sinks plug in here.
 """
 
@@ -25,8 +33,25 @@ from .placement import Placement, placement_of
 from .placement import placement as make_placement
 from .xp import device, namespace, row_spans
 
-__all__ = ["ArraySource", "BlockSource", "FoldSink", "MomentsSink", "Sink", "accumulate", "accumulate_folds",
-           "run_pass"]
+__all__ = ["ArraySource", "BlockSource", "FoldSink", "JoinedBlocks", "MomentsSink", "Sink", "accumulate",
+           "accumulate_folds", "run_pass"]
+
+
+class JoinedBlocks(list):
+    """The blocks of one row span as column views of one joined buffer ``joined`` (rows × Σd, in order).
+
+    A list of the per-name blocks, so every consumer of plain blocks reads it unchanged.
+    ``scratch``: the buffer is the source's own and may be overwritten once consumed (the moments
+    shift it in place). ``buffer`` is the whole allocation ``joined`` is a view of (what a reader
+    reuses); ``fence`` is set by the driver when the buffer is still being copied to a device.
+    """
+
+    def __init__(self, joined: Any, dims: Sequence[int], *, scratch: bool = False, buffer: Any = None):
+        offsets = np.cumsum((0, *dims[:-1]))
+        super().__init__(joined[:, int(o) : int(o) + int(d)] for o, d in zip(offsets, dims))
+        self.joined, self.dims, self.scratch = joined, tuple(int(d) for d in dims), scratch
+        self.buffer = joined if buffer is None else buffer
+        self.fence: Any = None
 
 
 class BlockSource(Protocol):
@@ -84,7 +109,10 @@ class MomentsSink:
         self.moments = moments
 
     def update(self, lo: int, blocks: Sequence[Any]) -> None:
-        self.moments.update(*blocks)
+        if isinstance(blocks, JoinedBlocks) and blocks.dims == self.moments.dims:
+            self.moments.update_joined(blocks.joined, own=blocks.scratch)
+        else:
+            self.moments.update(*blocks)
 
     def is_finite(self) -> bool:
         return self.moments.is_finite()
@@ -102,13 +130,20 @@ class FoldSink:
     def update(self, lo: int, blocks: Sequence[Any]) -> None:
         xp = namespace(*blocks)
         fold = self.fold_of_row[lo : lo + int(blocks[0].shape[0])]
+        joined = blocks.joined if isinstance(blocks, JoinedBlocks) and blocks.dims == self.parts[0].dims else None
         for j, m in enumerate(self.parts):
             rows = np.nonzero(fold == j)[0]
             if len(rows) == len(fold):
-                m.update(*blocks)
+                if joined is not None:
+                    m.update_joined(joined, own=blocks.scratch)  # type: ignore[attr-defined]
+                else:
+                    m.update(*blocks)
             elif len(rows):
                 idx = xp.asarray(rows, device=device(blocks[0]))
-                m.update(*(xp.take(x, idx, axis=0) for x in blocks))
+                if joined is not None:
+                    m.update_joined(xp.take(joined, idx, axis=0), own=True)
+                else:
+                    m.update(*(xp.take(x, idx, axis=0) for x in blocks))
 
     def is_finite(self) -> bool:
         return all(m.is_finite() for m in self.parts)
@@ -128,11 +163,19 @@ def run_pass(source: BlockSource, sinks: Sequence[Sink], *, placement: Placement
     with its own ``locate_nonfinite()``.
     """
     place = placement or getattr(source, "placement", None) or make_placement("cpu")
+    made_for = getattr(source, "blocks_for", None)
+    feed = place.feed()
     with tqdm(total=source.rows, desc=desc, unit="rows", unit_scale=True, disable=not progress) as bar:
-        for lo, host in source.blocks():
-            blocks = [place.put(x) for x in host]
+        for lo, host in (made_for(place) if made_for is not None else source.blocks()):
+            if isinstance(host, JoinedBlocks):
+                z, host.fence = feed.put(host.joined)
+                blocks: Sequence[Any] = JoinedBlocks(z, host.dims, scratch=len(sinks) == 1 and (
+                    host.scratch or z is not host.joined))
+            else:
+                blocks = [place.put(x) for x in host]
             for sink in sinks:
                 sink.update(lo, blocks)
+            feed.done()
             bar.update(int(host[0].shape[0]))
     if not all(sink.is_finite() for sink in sinks):
         locate = getattr(source, "locate_nonfinite", None)  # a source whose blocks differ in rows names its own

@@ -4,10 +4,14 @@ For rows z = [f_1, ..., f_k] (two networks' features, or many networks' or layer
 accumulator keeps the row count, the float64 mean of z and the float64 centred co-moment matrix
 ``C = Σ_i (z_i − mean)(z_i − mean)ᵀ``. Each chunk is shifted by its own (float32-rounded) mean
 before the big product, so a float32 GEMM/SYRK sees small, centred numbers and its result is
-corrected exactly in float64; chunks are combined with the pairwise (Chan et al.) update, which
-is also how :meth:`Moments.merge` joins the accumulators of folds, shards or workers. A pair of
-networks is the case k = 2; the moments of any pair of blocks are sub-blocks (:meth:`Moments.pair`),
-exactly what a pass over that pair alone would have summed.
+corrected exactly in float64 (:mod:`lintwin.core.block_moments` computes a chunk's share). The
+products G_c of a group of chunks are summed into the float64 co-moment as they come; what turns
+them into centred co-moments -- ``Σ_c n_c[(m_c − m)(m_c − m)ᵀ − e_c e_cᵀ]`` with chunk means m_c and
+shift roundings e_c -- is low-rank and applied once per group of up to 64 chunks (one GEMM), which
+is the pairwise (Chan et al.) update written for many chunks at once. Groups, and the
+accumulators of folds, shards or workers (:meth:`Moments.merge`), are joined by the pairwise
+update. A pair of networks is the case k = 2; the moments of any pair of blocks are sub-blocks
+(:meth:`Moments.pair`), exactly what a pass over that pair alone would have summed.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import LintwinError, NonFiniteError, ShapeError
+from .block_moments import PRECISIONS, BlockKernel
 from .files import atomic_write
 from .kernel_sums import KernelSums
 from .xp import device, from_numpy, namespace, to_numpy
 
-Precision = Literal["float32", "float64"]
-PRECISIONS = ("float32", "float64")
+Precision = Literal["float32", "float64", "tf32"]
+_COARSENESS = {"float64": 0, "float32": 1, "tf32": 2}
+_GROUP = 64  # chunks whose low-rank corrections are applied together
 _FORMAT = "lintwin.moments/2"
 _PAIR_FORMAT = "lintwin.moments/1"  # lintwin 0.2: two blocks, pair-named kernel sums; still read
 
@@ -80,7 +86,8 @@ class Moments:
 
     ``Moments(512, 384)`` is a pair of networks A and B; ``Moments(*dims, names=nets)`` any
     number. ``precision="float32"`` multiplies shifted float32 blocks and sums in float64;
-    ``"float64"`` does every product in float64. The arrays live in the namespace and on the
+    ``"float64"`` does every product in float64; ``"tf32"`` takes the products from TF32-rounded
+    values (a GPU's tensor cores; emulated by NumPy, to check what a GPU would give). The arrays live in the namespace and on the
     device of the first chunk (NumPy, CuPy, ...). ``kernel=True`` also keeps the row-norm sums
     of :class:`~lintwin.core.kernel_sums.KernelSums` (for debiased CKA).
 
@@ -91,7 +98,7 @@ class Moments:
     def __init__(self, *dims: int, names: Sequence[str] | None = None, precision: Precision = "float32",
                  kernel: bool | KernelSums | None = False):
         if precision not in PRECISIONS:
-            raise LintwinError(f"precision must be 'float32' or 'float64', got {precision!r}")
+            raise LintwinError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         if not dims or any(int(d) < 0 for d in dims):
             raise ShapeError(f"moments need at least one block of width >= 0, got dims {dims}")
         self.dims = tuple(int(d) for d in dims)
@@ -99,8 +106,12 @@ class Moments:
         if len(self.names) != len(self.dims) or len(set(self.names)) != len(self.names):
             raise LintwinError(f"need one distinct name per block; got {list(self.names)} for {len(self.dims)} blocks")
         self.precision = precision
-        self.n, self.mean, self.comoment = 0, None, None
-        self._owned = False  # True when ``comoment`` may be updated in place
+        self.n, self._mean, self._com = 0, None, None
+        self._owned = False  # True when ``_com`` may be updated in place
+        # chunks whose products are summed into ``_com`` but whose corrections are not applied yet:
+        # (rows, float64 mean, mean − shift) each; ``_com``/``_mean`` hold the rest (see the module)
+        self._pending: list[tuple[int, Any, Any]] = []
+        self._blocks = BlockKernel()
         self.kernel = KernelSums(self.dims) if kernel is True else (kernel or None)
         self.saved_extra: dict[str, Any] = {}  # what :meth:`save` was given as ``extra``, after :meth:`load`
 
@@ -116,6 +127,33 @@ class Moments:
         if n:
             m.n, m.mean, m.comoment = int(n), mean, comoment
         return m
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._flush()
+        return {k: v for k, v in self.__dict__.items() if k != "_blocks"} | {"_blocks": BlockKernel()}
+
+    # -- the running sums ---------------------------------------------------------------
+    @property
+    def mean(self) -> Any:
+        """The float64 mean of the rows (None before any)."""
+        self._flush()
+        return self._mean
+
+    @mean.setter
+    def mean(self, value: Any) -> None:
+        self._flush()
+        self._mean = value
+
+    @property
+    def comoment(self) -> Any:
+        """The float64 centred co-moment matrix Σ (z − mean)(z − mean)ᵀ (None before any rows)."""
+        self._flush()
+        return self._com
+
+    @comoment.setter
+    def comoment(self, value: Any) -> None:
+        self._flush()
+        self._com = value
 
     # -- shape ------------------------------------------------------------------------
     @property
@@ -157,10 +195,9 @@ class Moments:
         if rows.pop() == 0:
             return self
         xp = namespace(*blocks)
-        work = xp.float32 if self.precision == "float32" else xp.float64
-        z = xp.empty((int(blocks[0].shape[0]), self.dim), dtype=work, device=device(blocks[0]))
+        z = self._blocks.joined(int(blocks[0].shape[0]), self.dim, self.precision, blocks[0])
         for x, o, d in zip(blocks, self.offsets, self.dims):
-            z[:, o : o + d] = x if x.dtype == work else xp.astype(x, work)
+            z[:, o : o + d] = x if x.dtype == z.dtype else xp.astype(x, z.dtype)
         if self.kernel is not None:
             self.kernel.update(*blocks)  # from the blocks as given (float64 inputs stay float64)
         return self._add_joined(z, own=True)
@@ -180,11 +217,56 @@ class Moments:
         if int(z.shape[0]) == 0:
             return self
         xp = namespace(z)
-        if self.n and namespace(self.mean) is not xp:
+        if self.n and namespace(self._com) is not xp:
             self._move_like(z)  # e.g. loaded from disk (NumPy), continued with CuPy chunks
-        n_c, mean_c, gram, e = _chunk_moments(z, self.precision, xp, own)
-        self._combine(n_c, mean_c, gram, xp, shift_error=e)
+        sums = self._blocks.run(z, self.precision, own)
+        mean_c = sums.colsum / sums.n
+        error = mean_c - xp.astype(sums.shift, xp.float64)
+        if self._com is None:
+            self._com = xp.zeros((self.dim, self.dim), dtype=xp.float64, device=device(z))
+            self._owned = True
+        elif not self._owned:
+            self._com = xp.astype(self._com, xp.float64, copy=True)
+            self._owned = True
+        self._com = self._blocks.add_gram(self._com, sums)
+        self._pending.append((sums.n, mean_c, error))
+        self.n += sums.n
+        if len(self._pending) >= _GROUP:
+            self._flush()
         return self
+
+    def _flush(self) -> None:
+        """Apply the pending chunks' low-rank corrections: ``_com`` and ``_mean`` become the centred moments.
+
+        With chunk row counts n_c, means m_c, shift roundings e_c and group mean m_g, the group's
+        centred co-moment is ΣG_c + Σ n_c[(m_c − m_g)(m_c − m_g)ᵀ − e_c e_cᵀ]; joining it to the
+        rows before adds w δδᵀ (δ = m_g − mean, w = n_before·n_g/n). All are rows of one matrix L
+        with signs s, added as Lᵀ diag(s) L (no device sync).
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        xp = namespace(self._com)
+        dev = device(self._com)
+        counts = np.array([p[0] for p in pending], dtype=np.float64)
+        n_g = float(counts.sum())
+        n_before = self.n - int(n_g)
+        w = xp.asarray(counts, device=dev)
+        means = xp.stack([p[1] for p in pending])
+        m_g = xp.sum(means * xp.reshape(w, (-1, 1)), axis=0) / n_g
+        root = xp.reshape(xp.sqrt(w), (-1, 1))
+        parts = [(means - m_g) * root, xp.stack([p[2] for p in pending]) * root]
+        signs = [1.0] * len(pending) + [-1.0] * len(pending)
+        if n_before:
+            delta = m_g - self._mean
+            parts.append(xp.reshape(delta * float(np.sqrt(n_before * n_g / self.n)), (1, -1)))
+            signs.append(1.0)
+            self._mean = self._mean + delta * (n_g / self.n)
+        else:
+            self._mean = m_g
+        low = xp.concat(parts, axis=0)
+        s = xp.reshape(xp.asarray(np.array(signs), device=dev), (-1, 1))
+        self._com += xp.matrix_transpose(low * s) @ low
 
     def merge(self, other: Moments) -> Moments:
         """Fold another accumulator (another shard, fold or worker) into this one.
@@ -193,12 +275,14 @@ class Moments:
         reordered, anything else is refused. ``other`` is not changed.
         """
         other = self._aligned(other)
+        self._flush()
+        other._flush()  # its values do not change, only how they are held
         if (self.kernel is None) != (other.kernel is None) and other.n and self.n:
             raise LintwinError("cannot merge moments with and without kernel sums (debiased CKA needs them in both)")
         if other.n == 0:
             return self
-        if other.precision == "float32":
-            self.precision = "float32"  # the merged moments are only as precise as their coarsest part
+        if _COARSENESS[other.precision] > _COARSENESS[self.precision]:
+            self.precision = other.precision  # the merged moments are only as precise as their coarsest part
         mean, com = other.mean, other.comoment
         if self.n and namespace(mean) is not namespace(self.mean):
             mean, com = from_numpy(to_numpy(mean), self.mean), from_numpy(to_numpy(com), self.mean)
@@ -225,40 +309,22 @@ class Moments:
 
     def _move_like(self, like: Any) -> None:
         """Move the running state into the namespace and onto the device of ``like``."""
-        self.mean = from_numpy(to_numpy(self.mean), like)
-        self.comoment = from_numpy(to_numpy(self.comoment), like)
+        self._flush()
+        self._mean = from_numpy(to_numpy(self._mean), like)
+        self._com = from_numpy(to_numpy(self._com), like)
         self._owned = True
 
-    def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any, shift_error: Any = None) -> None:
-        """Pairwise (Chan et al.) update into a new co-moment array (inputs are never modified).
-
-        ``com_c`` may be a float32 product of rows shifted by ``mean_c - shift_error``;
-        its rank-one offset ``n_c e e^T`` is removed here together with the merge's own
-        rank-one term, as one rank-two update.
-        """
+    def _combine(self, n_c: int, mean_c: Any, com_c: Any, xp: Any) -> None:
+        """Pairwise (Chan et al.) update into a new co-moment array (inputs are never modified)."""
         if self.n == 0:
-            self.n, self.mean = n_c, mean_c
-            com = xp.astype(com_c, xp.float64, copy=True)
-            if shift_error is not None:
-                e = shift_error
-                com = com - xp.reshape(e, (-1, 1)) * xp.reshape(e * n_c, (1, -1))
-            self.comoment, self._owned = com, True
+            self.n, self._mean = n_c, mean_c
+            self._com, self._owned = xp.astype(com_c, xp.float64, copy=True), True
             return
         n = self.n + n_c
-        delta = mean_c - self.mean
+        delta = mean_c - self._mean
         weight = self.n * n_c / n
-        self.mean = self.mean + delta * (n_c / n)
-        if shift_error is None:
-            self.comoment = self.comoment + com_c + xp.reshape(delta, (-1, 1)) * xp.reshape(delta * weight, (1, -1))
-        else:
-            # Per-chunk updates add in place (float32 products are promoted without a float64
-            # copy), but only into an array this accumulator made itself.
-            if not self._owned:
-                self.comoment = xp.astype(self.comoment, xp.float64, copy=True)
-            self.comoment += com_c
-            left = xp.stack([delta * weight, shift_error * (-n_c)], axis=1)
-            right = xp.stack([delta, shift_error], axis=0)
-            self.comoment += left @ right
+        self._mean = self._mean + delta * (n_c / n)
+        self._com = self._com + com_c + xp.reshape(delta, (-1, 1)) * xp.reshape(delta * weight, (1, -1))
         self.n, self._owned = n, True
 
     # -- views ------------------------------------------------------------------------
@@ -408,19 +474,3 @@ def _pair_kernel(dims: Sequence[int], z: Any) -> KernelSums:
               "rz": np.stack([np.concatenate([k["ra"], k["rb"]]), np.concatenate([k["qa"], k["qb"]])])}
     return KernelSums(tuple(dims), n, totals)
 
-
-def _chunk_moments(z: Any, precision: str, xp: Any, own: bool) -> tuple[int, Any, Any, Any]:
-    """Row count, float64 mean, shifted product and shift error of one joined chunk.
-
-    The chunk (a work copy unless ``own``) is shifted by its mean rounded to the work dtype and
-    multiplied with itself (a SYRK in NumPy). The product's offset from the centred co-moment is
-    ``n e eᵀ`` with ``e = mean − shift``; :meth:`Moments._combine` removes it in float64.
-    """
-    work = xp.float32 if precision == "float32" else xp.float64
-    if not own or z.dtype != work:
-        z = xp.astype(z, work, copy=True)
-    n_c = int(z.shape[0])
-    mean = xp.sum(z, axis=0, dtype=xp.float64) / n_c
-    shift = xp.astype(mean, work)
-    z -= shift
-    return n_c, mean, xp.matrix_transpose(z) @ z, mean - xp.astype(shift, xp.float64)

@@ -24,7 +24,7 @@ __all__ = [
 METHODS = ("lstsq", "adam")
 INITS = ("random", "lstsq")
 CRITERIA = ("feature-error", "agreement")
-PRECISIONS = ("float32", "float64")
+PRECISIONS = ("float32", "float64", "tf32")
 ADAM_VARIANTS = ("tensorflow", "kingma")
 
 Ridge = float | tuple[float, float] | str

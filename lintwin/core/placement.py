@@ -21,7 +21,7 @@ from . import gpu
 from .xp import device as array_device
 from .xp import from_numpy, namespace, to_numpy
 
-__all__ = ["DEFAULT_DEVICE", "Placement", "check_device", "placement", "placement_of"]
+__all__ = ["DEFAULT_DEVICE", "Feed", "Placement", "check_device", "placement", "placement_of"]
 
 DEFAULT_DEVICE = "auto"
 _SPEC = re.compile(r"auto|cpu|gpu(?::(\d+))?")
@@ -60,9 +60,52 @@ class Placement:
         """A NumPy copy of ``x`` (no copy for host arrays)."""
         return to_numpy(x)
 
+    @property
+    def spec(self) -> str:
+        """The device spelling that makes this placement elsewhere (a Dask worker): ``cpu``, ``gpu:N`` or, for
+        another library's device, ``auto``."""
+        return self.label if self.label == "cpu" or self.is_gpu else DEFAULT_DEVICE
+
+    @property
+    def gpu_index(self) -> int:
+        return int(self.label.split(":")[1])
+
+    def feed(self) -> Feed:
+        """What moves a pass's joined host blocks here: on a GPU a ring of device buffers filled on a copy
+        stream (:class:`lintwin.core.gpu.DeviceFeed`), elsewhere :meth:`put` per block."""
+        if self.is_gpu:
+            return gpu.DeviceFeed(self.gpu_index)
+        return Feed(self)
+
+    def host_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A host buffer for blocks bound here: page-locked (pinned) memory for a GPU, plain NumPy elsewhere."""
+        if self.is_gpu:
+            return gpu.pinned_empty(shape, dtype)
+        return np.empty(shape, dtype)
+
+    @property
+    def spare_buffers(self) -> int:
+        """Host block buffers a reader keeps beyond its read-ahead: one on a GPU, whose copy of a block
+        may still be in flight when the next block is asked for (double/triple buffering)."""
+        return 1 if self.is_gpu else 0
+
     def describe(self) -> str:
         """One phrase for reports: the device used and, where ``auto`` chose the CPU, why."""
         return f"{self.label} ({self.note})" if self.note else self.label
+
+
+class Feed:
+    """Moves one joined host block per :meth:`put` with :meth:`Placement.put`; nothing to fence."""
+
+    def __init__(self, place: Placement):
+        self.place = place
+
+    def put(self, a: Any) -> tuple[Any, Any]:
+        """``(a here, fence)``: the fence is what a reader waits on before reusing ``a`` (None: nothing)."""
+        return self.place.put(a), None
+
+    def done(self) -> None:
+        """Every sink has been given the last block put."""
 
 
 def check_device(spec: str) -> str:

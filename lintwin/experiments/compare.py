@@ -24,7 +24,7 @@ from ..networks.onnx_models import Head, NetworkSpec
 from ..storage.store import FeatureStore
 from .hints import refuse_swapped_heads, require_eval_split
 from .result_views import CompareView
-from .scoring import Config, score_pass
+from .scoring import Config, DevicePredictor, score_pass
 
 __all__ = ["CompareResult", "Regions", "check_head", "check_map", "compare", "predict_store", "score"]
 
@@ -208,7 +208,8 @@ def compare(store: FeatureStore, a: str, b: str, head_a: Head, head_b: Head, *, 
     ab, ba = fit_store(store, a, b, split=fit_split, method=method, ridge=ridge,  # type: ignore[arg-type]
                        precision=precision, device=place, both=True, adam=adam, init=init,  # type: ignore[arg-type]
                        progress=progress, dask_client=dask_client, rank=rank, folds=folds,
-                       ridge_criterion=ridge_criterion, target_heads={a: head_a, b: head_b})  # type: ignore[arg-type]
+                       ridge_criterion=ridge_criterion,
+                       target_heads={a: DevicePredictor(head_a), b: DevicePredictor(head_b)})  # type: ignore[arg-type]
     for name, head, amap in ((a, head_a, None), (b, head_b, None), (a, head_b, ab), (b, head_a, ba)):
         _check_config(store, eval_split, name, head, amap)
     scored = score_pass(store, eval_split, [a, b], [Config("a", 0, head_a), Config("b", 1, head_b),

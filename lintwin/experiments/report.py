@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Circle
 
 from ..core.files import atomic_write
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from .compare import Regions
 
 __all__ = ["format_table", "loss_curve_figure", "metrics_table", "new_figure", "plot_loss_curve", "plot_regions",
@@ -21,7 +20,13 @@ __all__ = ["format_table", "loss_curve_figure", "metrics_table", "new_figure", "
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4)) -> tuple[Figure, Any]:
-    """A figure with constrained layout on the Agg canvas (no pyplot, no display, no global state) and its axes."""
+    """A figure with constrained layout on the Agg canvas (no pyplot, no display, no global state) and its axes.
+
+    matplotlib is imported here, when a figure is drawn: commands that draw none start without it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
@@ -100,6 +105,8 @@ def region_labels(a: str, b: str) -> dict[str, str]:
 
 def regions_figure(regions: Sequence[Regions], title: str = "") -> Figure:
     """Fig. 5 as a three-set Venn diagram per direction (circles A, B, A→B; counts in regions)."""
+    from matplotlib.patches import Circle
+
     fig, axes = new_figure(1, len(regions), figsize=(6 * len(regions), 6.0))
     axes = axes[0]
     centres = {"A": (-0.55, 0.35), "B": (0.55, 0.35), "M": (0.0, -0.55)}

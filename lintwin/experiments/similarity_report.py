@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..measures.similarity import Similarity
 from .report import new_figure, save_figure
 from .tables import OutputFormat, Table, fit_width
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["measure_label", "plot_similarity", "similarity_figure", "similarity_output", "similarity_table"]
 

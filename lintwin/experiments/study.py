@@ -27,7 +27,7 @@ from ..api import fit_store
 from ..core.distributed import accumulate_dask
 from ..core.driver import accumulate, accumulate_folds
 from ..core.folds import image_folds
-from ..core.memory import available_memory, human_bytes, moments_bytes
+from ..core.memory import available_for, human_bytes, moments_bytes
 from ..core.moments import Moments
 from ..core.params import AdamOptions, FitSettings, parse_bytes
 from ..core.placement import DEFAULT_DEVICE, Placement, placement
@@ -227,7 +227,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         raise LintwinError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(ridge, (tuple, list)):
         raise LintwinError("a study takes one λ for every pair (or 'auto'), not one per direction")
-    worker_device = device if isinstance(device, str) else device.label  # each Dask worker resolves "auto" itself
+    worker_device = device if isinstance(device, str) else device.spec  # each Dask worker resolves "auto" itself
     cfg = FitSettings(method="lstsq" if method == "heads" else method, ridge=ridge, rank=rank, folds=folds,
                       precision=precision, init=init, adam=adam or AdamOptions(),
                       device=worker_device).validated(dask=dask_client is not None)
@@ -255,7 +255,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         fit_dims = [int(store.info(split, n)["dim"]) for n in names]
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
-        budget = max_memory if max_memory is not None else available_memory() // 2
+        budget = max_memory if max_memory is not None else available_for(place) // 2
         need = folds * moments_bytes(dims)
         if need > budget:
             raise LintwinError(f"--ridge auto keeps {folds} folds of joint moments, about {human_bytes(need)}, more "
@@ -306,7 +306,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
         fit_dims = [int(store.info(split, n)["dim"]) for n in names]
         if fit_dims != dims:
             raise StoreError(f"feature dims differ between {split!r} {fit_dims} and {eval_split!r} {dims}")
-        budget = max_memory if max_memory is not None else available_memory() // 2
+        budget = max_memory if max_memory is not None else available_for(place) // 2
         pair, moments_info = _fit_moments(store, names, dims, split=split, precision=precision, place=place,
                                           worker_device=worker_device, out=out, max_memory=budget,
                                           progress=progress, echo=echo, block_rows=block_rows,
@@ -341,7 +341,7 @@ def run_study(store: FeatureStore, names: Sequence[str], heads: Sequence[Path], 
             notes.append(f"head-only maps are least-squares (not exact) for {', '.join(inexact)}: the target head has "
                          "more classes than feature dimensions")
     t0 = time.perf_counter()
-    scores = _score(store, eval_split, names, head_objs, maps, place, progress)
+    scores = _score(store, eval_split, names, head_objs, maps, place, progress, block_rows)
     timings["eval_seconds"] = time.perf_counter() - t0
     result = _assemble(names, dims, method, split, eval_split, labels, n_train, scores, maps, moments_info,
                        timings, notes)
@@ -376,13 +376,14 @@ class _Scores:
 
 
 def _score(store: FeatureStore, split: str, names: list[str], heads: list[Head],
-           maps: dict[str, dict[tuple[str, str], AffineMap]], place: Placement, progress: bool) -> _Scores:
+           maps: dict[str, dict[tuple[str, str], AffineMap]], place: Placement, progress: bool,
+           block_rows: int | None = None) -> _Scores:
     """One pass over ``split``: own predictions, every map's predictions under the target head, feature metrics."""
     index = {n: k for k, n in enumerate(names)}
     configs = [Config(("own", k), k, heads[k]) for k in range(len(names))]
     configs += [Config((kind, key), index[key[0]], heads[index[key[1]]], mp, dst=index[key[1]])
                 for kind, kmaps in maps.items() for key, mp in kmaps.items()]
-    got = score_pass(store, split, names, configs, placement=place, progress=progress)
+    got = score_pass(store, split, names, configs, placement=place, progress=progress, block_rows=block_rows)
     return _Scores([got[("own", k)].result() for k in range(len(names))],
                    {kind: {key: got[(kind, key)].result() for key in kmaps} for kind, kmaps in maps.items()},
                    {kind: {key: got[(kind, key)].metrics for key in kmaps} for kind, kmaps in maps.items()})

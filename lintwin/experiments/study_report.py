@@ -7,10 +7,9 @@ import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..core.files import atomic_write, jsonable
 from ..core.outputs import check_output_dir
@@ -18,6 +17,9 @@ from ..core.safe_paths import checked_path
 from .report import new_figure, save_figure
 from .study import StudyResult
 from .tables import OutputFormat, Table, fit_width
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["STUDY_FOLDERS", "accuracy_table", "check_study_out", "matrix_figure", "pairs_table", "study_figures",
            "study_markdown", "study_output", "study_text", "write_study"]

@@ -354,7 +354,7 @@ def similarity(m: Moments, *, svcca_keep: float = 0.99, alphas: Sequence[float] 
     n = m.n
     if n < 2:
         raise LintwinError(f"similarity needs at least 2 rows, got {n}")
-    rcond = default_rcond(m.precision) if rcond is None else float(rcond)
+    rcond = default_rcond(m.precision, m.n) if rcond is None else float(rcond)
     a, b = m.names
     sa = _side(blk["aa"], blk["mean_a"], n, m.precision, rcond, a, xp)
     sb = _side(blk["bb"], blk["mean_b"], n, m.precision, rcond, b, xp)

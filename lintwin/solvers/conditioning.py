@@ -31,24 +31,34 @@ __all__ = ["Scaled", "constant_units", "default_rcond", "estimate_condition", "e
            "scale_system"]
 
 
-def moment_eps(precision: str) -> float:
-    """Relative rounding of moments accumulated at ``precision`` (machine epsilon of the products)."""
+TF32_UNIT = 2.0**-11  # unit roundoff of TF32 (10 mantissa bits): tensor cores round each factor of a product
+
+
+def moment_eps(precision: str, n: int = 0) -> float:
+    """Relative rounding of moments accumulated at ``precision`` over ``n`` rows (machine epsilon of the products).
+
+    TF32 rounds each factor of each product (relative u = 2⁻¹¹), independently from row to row,
+    so summed over n rows the co-moments carry about u·√(2/n) of relative rounding (measured in
+    tests/test_block_pipeline.py); never less than float32's own.
+    """
+    if precision == "tf32":
+        return max(TF32_UNIT * math.sqrt(2.0 / max(n, 1)), float(np.finfo(np.float32).eps))
     return float(np.finfo(precision).eps)
 
 
-def default_rcond(precision: str) -> float:
+def default_rcond(precision: str, n: int = 0) -> float:
     """Relative eigenvalue below which a direction of the scaled system is rounding noise.
 
     Rounding in the moments leaves eigenvalues of the correlation matrix at about eps(precision)
     relative to the largest (measured: ~5e-8 for float32 products, ~2e-16 for float64); ten eps
     sits safely above that and well below the spectra of real features.
     """
-    return 10.0 * moment_eps(precision)
+    return 10.0 * moment_eps(precision, n)
 
 
-def expected_error(inverse_frobenius: float, precision: str) -> float:
-    """Expected relative error of W from rounding in moments of ``precision``: ``eps · ||R^-1||_F``."""
-    return float(inverse_frobenius) * moment_eps(precision)
+def expected_error(inverse_frobenius: float, precision: str, n: int = 0) -> float:
+    """Expected relative error of W from rounding in moments of ``precision`` over ``n`` rows: ``eps · ||R^-1||_F``."""
+    return float(inverse_frobenius) * moment_eps(precision, n)
 
 
 def inverse_norms(L: Any, *, xp: Any, probes: int = 8, seed: int = 0) -> tuple[float, float]:
@@ -77,7 +87,7 @@ def constant_units(diag: Any, mean: Any, n: int, precision: str, *, xp: Any) -> 
     """
     std = xp.sqrt(xp.maximum(diag, xp.zeros_like(diag)) / max(int(n), 1))
     top = xp.max(std) if int(std.shape[0]) else xp.asarray(0.0, dtype=std.dtype, device=device(std))
-    floor = xp.maximum(10.0 * moment_eps(precision) * xp.abs(mean), 1e-12 * top)
+    floor = xp.maximum(10.0 * moment_eps(precision, n) * xp.abs(mean), 1e-12 * top)
     return std <= floor
 
 

@@ -183,7 +183,7 @@ def factor(S: Any, mean: Any, n: int, precision: str, *, rcond: float | None = N
     xp = namespace(S)
     sc = scale_system(S, mean, n, precision, xp=xp)
     keep = xp.asarray(np.flatnonzero(~to_numpy(sc.constant).astype(bool)), device=device(S))
-    return ScaledSystem(S, int(n), precision, default_rcond(precision) if rcond is None else float(rcond), sc.R,
+    return ScaledSystem(S, int(n), precision, default_rcond(precision, int(n)) if rcond is None else float(rcond), sc.R,
                         sc.scale, sc.constant, sc.n_constant, keep, xp)
 
 

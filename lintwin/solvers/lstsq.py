@@ -105,7 +105,7 @@ def _truncated_solve(sys: ScaledSystem, rhs: Any, ridge: float, info: dict) -> A
     lowest = float(evals[-1]) if evals.shape[0] else 0.0
     # Below the rounding floor of the moments (default rcond of the largest) an eigenvalue is noise: the whole
     # system's condition is then only known to be at least that floor's inverse.
-    resolvable = default_rcond(sys.precision)
+    resolvable = default_rcond(sys.precision, sys.n)
     floor = lowest <= resolvable * top
     info.update(solver="eigh", rank=rank, condition=top / lowest if not floor else (1.0 / resolvable if top > 0 else math.inf),
                 condition_is_lower_bound=floor,
@@ -128,12 +128,13 @@ def _finish(wt: Any, mean_x: Any, mean_y: Any, info: dict, label: str) -> tuple[
     cond = info.get("condition", float("inf"))
     # First-order estimates from the rounding of the moments (not bounds; see conditioning.py). After a
     # truncation they are those of the truncated solution (set by the kept spectrum).
-    info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"])
-    info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"])
+    info["expected_error"] = expected_error(info["inverse_frobenius"], info["precision"], info["rows"])
+    info["prediction_error"] = expected_error(math.sqrt(info["inverse_trace"]), info["precision"], info["rows"])
     info["error_kind"] = ("first-order estimates from the rounding of the moments: W's in the scaled space "
                           "(each source unit's weights times its spread), and the mapped features'")
     if info["prediction_error"] > PREDICTION_WARN:
-        hint = "use --precision float64" if info["precision"] == "float32" else "add a ridge (--ridge λ or auto)"
+        hint = ("use --precision float64" if info["precision"] in ("float32", "tf32")
+                else "add a ridge (--ridge λ or auto)")
         warnings.warn(f"{label}: the scaled system's condition number is ≈ {cond:.2e}, so the mapped features are "
                       f"estimated to be within a relative {info['prediction_error']:.1e} only (W within "
                       f"{info['expected_error']:.1e}) at {info['precision']} precision; figures printed to 4 decimals "

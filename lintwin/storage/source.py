@@ -9,10 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from ..core.memory import available_for, block_rows_for
+from ..core.placement import Placement
 from ..errors import ShapeError
+from .reader import DEFAULT_DEPTH
 from .store import FeatureStore
 
-__all__ = ["StoreSource", "row_ranges", "store_fingerprint"]
+__all__ = ["GPU_BLOCK_ROWS", "StoreSource", "row_ranges", "store_fingerprint"]
+
+GPU_BLOCK_ROWS = 16384  # pinned host buffers stay a few hundred MiB each
 
 
 def row_ranges(rows: int, chunk: int, parts: int, start: int = 0) -> list[tuple[int, int]]:
@@ -26,12 +31,14 @@ def row_ranges(rows: int, chunk: int, parts: int, start: int = 0) -> list[tuple[
 class StoreSource:
     """Rows ``start .. stop`` of networks ``names`` in ``split``, read block by block (host NumPy arrays).
 
-    Picklable (it carries the store's path, not the open store), so a Dask worker can read its
+    Blocks come as :class:`~lintwin.core.driver.JoinedBlocks` of reused buffers, decoded ``depth``
+    blocks ahead by ``threads`` threads (:class:`~lintwin.storage.reader.BlockReader`). Picklable (it carries the store's path, not the open store), so a Dask worker can read its
     own row range; :meth:`split` cuts it into chunk-aligned ranges.
     """
 
     def __init__(self, store: FeatureStore | str | Path, split: str, names: Sequence[str], *, start: int = 0,
-                 stop: int | None = None, block_rows: int | None = None):
+                 stop: int | None = None, block_rows: int | None = None, threads: int | None = None,
+                 depth: int = DEFAULT_DEPTH):
         self._store = store if isinstance(store, FeatureStore) else None
         self.path = str(Path(store.path if isinstance(store, FeatureStore) else store).resolve())
         self.split, self.names = split, tuple(names)
@@ -45,7 +52,7 @@ class StoreSource:
         self.start, self.stop = int(start), total if stop is None else min(int(stop), total)
         if not 0 <= self.start <= self.stop:
             raise ShapeError(f"row range {start}..{stop} is outside split {split!r} of {total} rows")
-        self.block_rows = block_rows
+        self.block_rows, self.threads, self.depth = block_rows, threads, depth
 
     @property
     def store(self) -> FeatureStore:
@@ -62,8 +69,22 @@ class StoreSource:
 
     def blocks(self) -> Iterator[tuple[int, list[np.ndarray]]]:
         """``(row_offset, [block of each name])``; offsets are rows of the split (not of the range)."""
-        yield from self.store.iter_blocks(self.split, list(self.names), block_rows=self.block_rows,
-                                          start=self.start, stop=self.stop)
+        yield from self.blocks_for(None)
+
+    def blocks_for(self, place: Placement | None) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """:meth:`blocks` in host buffers made for ``place`` (pinned for a GPU, with a spare for its copies).
+
+        On a GPU, blocks are sized from the device's own free memory (its ring of block buffers, the
+        work buffer and the moments within half of it), at most :data:`GPU_BLOCK_ROWS` rows.
+        """
+        rows = self.block_rows
+        if rows is None and place is not None and place.is_gpu:
+            rows = min(block_rows_for(self.dims, available_for(place) // 2), GPU_BLOCK_ROWS)
+            rows = max(self.chunk_rows, rows - rows % self.chunk_rows)
+        yield from self.store.iter_blocks(
+            self.split, list(self.names), block_rows=rows, start=self.start, stop=self.stop,
+            threads=self.threads, depth=self.depth, allocate=place.host_empty if place is not None else np.empty,
+            spare=place.spare_buffers if place is not None else 0)
 
     def ids(self) -> np.ndarray | None:
         """The sample ids of the range's rows (None when the split has none)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,20 +289,25 @@ class FeatureStore:
         block_rows: int | None = None,
         start: int = 0,
         stop: int | None = None,
-    ) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """Yield ``(row_offset, [block of each network])`` over ``split``, reading ahead.
+        threads: int | None = None,
+        depth: int = reader.DEFAULT_DEPTH,
+        allocate: Callable[[tuple[int, int], Any], np.ndarray] = np.empty,
+        spare: int = 0,
+    ) -> reader.BlockReader:
+        """``(row_offset, [block of each network])`` over ``split``, decoded ahead (:class:`reader.BlockReader`).
 
-        Refuses arrays that are incomplete, damaged or not written for the same rows. The next
-        block is read and decompressed in a background thread while the caller computes on
-        the current one. ``block_rows`` defaults to a multiple of the chunk size of about
-        64 MiB per network block.
+        Refuses arrays that are incomplete, damaged or not written for the same rows. ``threads``
+        decoding threads fill ``depth`` blocks ahead of the one being consumed, each block one
+        reused buffer of all networks side by side (``allocate`` makes them). ``block_rows``
+        defaults to about 128 MiB of joined rows, a multiple of the widest network's chunks.
         """
         arrays = [self.features(split, n) for n in names]
         self.check_paired(split, names)
         n = self.rows(split)
         stop = n if stop is None else min(stop, n)
         bounds = row_spans(stop, block_rows or reader.default_block_rows(arrays), start)
-        yield from reader.read_blocks(split, names, arrays, bounds)
+        return reader.BlockReader(split, names, arrays, bounds, threads=threads, depth=depth, allocate=allocate,
+                                  spare=spare)
 
     # -- writing --------------------------------------------------------------------
     def _writable(self, rel: str) -> None:
