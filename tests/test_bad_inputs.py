@@ -249,6 +249,7 @@ IMAGES = save("imgs.npz", lambda: {"images": np.random.default_rng(2).integers(0
                                    "labels": np.arange(4)}, npz=True)
 EXTRACT = ["extract", BR, "{dir}/imgs.npz", "--store", "{dir}/new.zarr", "-q", "--workers", "1"]
 STUDY = ["study", S, "--nets", R, I, "--heads", HR, HI, "-q"]
+SIMILARITY = ["similarity", S, "--a", R, "--b", I, "--null", "2", "-q"]
 STITCH = ["stitch", "--backbone", f"{{dir}}/models/{R}.backbone.onnx", "--map", M, "--head",
           f"{{dir}}/models/{I}.head.onnx", "-o"]
 FEATS_R = f"s.zarr/train/features/{R}/zarr.json"
@@ -433,6 +434,11 @@ CASES = [
     case("compare-out-unwritable", COMPARE[:-1] + ["/proc/lintwin-cmp"], match="accepts no new files"),
     case("study-out-unwritable", STUDY + ["--out", "/proc/lintwin-study"], match="accepts no new files"),
     case("study-out-is-a-file", STUDY + ["--out", M], match="exists and is not a directory"),
+    case("similarity-out-unwritable", SIMILARITY + ["--out", "/proc/lintwin-sim"], match="accepts no new files"),
+    case("similarity-out-unwritable-before-the-pass", SIMILARITY + ["--out", "/proc/lintwin-sim"],
+         delete(_chunk("train", R, 2)), match="accepts no new files"),
+    case("similarity-out-is-a-file", SIMILARITY + ["--out", M], match="exists and is not a directory"),
+    case("similarity-out-under-a-file", SIMILARITY + ["--out", "{dir}/map.npz/sim"], match="map.npz"),
     case("study-moments-folder-linked-outside", STUDY + ["--out", "{dir}/st"],
          both(mkdir("st"), mkdir("outside"), lambda d: (d / "st" / "moments").symlink_to(d / "outside")),
          match="symbolic link"),
