@@ -1,4 +1,5 @@
-"""Store commands: import features, list and check a store, write synthetic features; ``--version``."""
+"""Store commands: import and export features, list, check and upgrade a store, write synthetic features;
+``--version``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..storage.importer import import_features
 from ..storage.store import FeatureStore
 from ..storage.summary import store_summary
 from ..storage.synthetic import write_synthetic_store
+from ..storage.upgrade import upgrade_store
 from ._common import app, cli_errors, echo
 
 
@@ -114,3 +116,19 @@ def synth(
         write_synthetic_store(store, train=train, val=val, dim_a=dim_a, dim_b=dim_b, names=names, seed=seed,
                               chunk_rows=chunk_rows, overwrite=overwrite)
         echo(f"wrote {train} train + {val} val rows of {names[0]} ({dim_a}) and {names[1]} ({dim_b}) to {store}")
+
+
+@app.command()
+def upgrade(
+    store: Annotated[Path, typer.Argument(help="feature store written by an older lintwin")],
+) -> None:
+    """Record xarray's dimension names and coordinates in a store written before lintwin recorded them.
+
+    Only each array's metadata changes; chunks, checksums and row counts stay as they are.
+    """
+    with cli_errors():
+        done = upgrade_store(store)
+        if done:
+            echo(f"recorded dimension names in {len(done)} array(s) of {store}: {', '.join(done)}")
+        else:
+            echo(f"{store}: every array records its dimension names already")
