@@ -146,13 +146,21 @@ def test_the_nuclear_norm_of_the_kept_block_is_the_whole_one():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_a_fold_decomposed_on_the_rows_span_gives_the_same_ridge_path(reverse):
-    """Against the full decomposition and the kernel-ridge form on the rows, within what λ's conditioning allows."""
+@pytest.mark.parametrize("fold_constant", [False, True], ids=["", "unit-constant-in-the-fold"])
+def test_a_fold_decomposed_on_the_rows_span_gives_the_same_ridge_path(reverse, fold_constant):
+    """Against the full decomposition and the kernel-ridge form on the rows, within what λ's conditioning allows.
+
+    A unit that varies only in the held-out rows is constant in the fold's training rows: the basis is
+    then orthonormalised again on the fold's own units.
+    """
     a, b = _wide(n=36, seed=8)
     if reverse:
         a, b = b, a
     n = a.shape[0]
     parts = [np.arange(n)[j::4] for j in range(4)]
+    if fold_constant:
+        a[:, 0] = 0.0
+        a[parts[1], 0] = np.arange(1.0, len(parts[1]) + 1)
     folds = _moments(a, b, parts)
     total = Moments.merged(folds)
     side = sim_module._side(total.blocks()["aa"], total.blocks()["mean_a"], n, "float64", 2.2e-15, "x", np)

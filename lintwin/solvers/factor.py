@@ -173,12 +173,16 @@ class ScaledSystem:
         With fewer rows than units, a co-moment of some of the rows (a CV fold's training rows) has its
         range inside the span of all rows' centred features, which ``basis`` holds (the leading
         eigenvectors of all rows' co-moment). On that span ``S = Q (Qᵀ S Q) Qᵀ`` with ``Q`` an
-        orthonormal basis of the kept units' rows of ``basis``; every other direction has eigenvalue 0
+        orthonormal basis of the kept units' rows of ``basis`` (those rows themselves when every unit left
+        out has a zero row in ``basis``, else their QR factor); every other direction has eigenvalue 0
         (rounding noise in a full decomposition) and adds nothing to a ridge solution. Returns the
         ``r`` eigenpairs (descending, clipped at 0) on the non-constant units.
         """
         xp = self.xp
-        Q, _ = xp.linalg.qr(xp.take(basis, self.keep, axis=0))
+        Q = xp.take(basis, self.keep, axis=0)
+        outside = xp.reshape(xp.astype(self.constant, basis.dtype), (-1, 1))
+        if float(xp.sum(xp.abs(basis) * outside)) != 0.0:  # units constant here but not in all rows: re-orthonormalise
+            Q, _ = xp.linalg.qr(Q)
         Sk = xp.take(xp.take(self.S, self.keep, axis=0), self.keep, axis=1)
         M = xp.matrix_transpose(Q) @ Sk @ Q
         lam, U = symmetric_eigen((M + xp.matrix_transpose(M)) / 2, xp)
