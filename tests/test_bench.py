@@ -49,3 +49,12 @@ def test_bench_solve_process_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (tmp_path / "solve_process_3000_48_64.txt").read_text()
     assert "lintwin solve --both" in text and "2 x sklearn Ridge" in text and "ratio (Ridge / lintwin)" in text
+
+
+def test_bench_similarity_cost_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_similarity_cost.py"), "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "similarity_cost_quick.json").read_text())
+    assert [r["dims"] for r in data["results"]] == [[200, 200], [200, 64]]
+    assert all(r["seconds"] > r["moments_seconds"] > 0 for r in data["results"]) and "whole / pass" in proc.stdout
