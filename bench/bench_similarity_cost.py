@@ -4,7 +4,7 @@ Few images of wide features (372 rows x 1280 units, as a small labelled set thro
 network) make the measures, not the streaming pass, the cost: each side's eigendecompositions, the
 CV-ridge R² fold by fold and every null sample. For each pair of widths this writes a synthetic
 store, runs ``lintwin similarity STORE --a A --b B --null K --format json -q`` as a whole process and
-reports its wall time against its own moments pass. ``--compare-with DIR`` runs the same command with
+reports its wall and CPU time against its own moments pass. ``--compare-with DIR`` runs the same command with
 another lintwin source tree first on ``PYTHONPATH`` (an older checkout), in the same run, and reports
 the largest difference between the two versions' values (shape angles compared through their cosine,
 since an angle near 0 magnifies the rounding of its cosine).
@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,19 +32,21 @@ from lintwin.storage.synthetic import write_synthetic_store
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(store: Path, null: int, folds: int, src: Path | None) -> tuple[float, dict]:
-    """Wall seconds and JSON output of one ``lintwin similarity`` process (``src`` first on PYTHONPATH)."""
+def run(store: Path, null: int, folds: int, src: Path | None) -> tuple[float, float, dict]:
+    """Wall and CPU seconds (user + system) and JSON output of one ``lintwin similarity`` process (``src`` first
+    on PYTHONPATH). CPU seconds are what a busy machine changes least."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "lintwin.cli", "similarity", str(store), "--a", "A", "--b", "B", "--null", str(null),
            "--folds", str(folds), "--format", "json", "-q"]
-    t0 = time.perf_counter()
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=store.parent, check=False)
-    seconds = time.perf_counter() - t0
+    seconds, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
-    return seconds, json.loads(proc.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, json.loads(proc.stdout)
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -87,20 +90,23 @@ def main() -> None:
             versions = ([("other", args.compare_with)] if args.compare_with else []) + [("this", None)]
             got = {}
             for label, src in versions:
-                seconds, out = run(store, args.null, args.folds, src)
+                seconds, cpu, out = run(store, args.null, args.folds, src)
                 got[label] = out
                 moments = out["info"]["accumulate_seconds"]
-                results.append({"dims": [da, db], "version": label, "seconds": seconds, "moments_seconds": moments})
-                rows.append([f"{args.rows} x ({da} + {db})", label, f"{seconds:.1f}", f"{moments:.1f}",
+                results.append({"dims": [da, db], "version": label, "seconds": seconds, "cpu_seconds": cpu,
+                                "moments_seconds": moments})
+                rows.append([f"{args.rows} x ({da} + {db})", label, f"{seconds:.1f}", f"{cpu:.1f}", f"{moments:.1f}",
                              f"{seconds / moments:.0f}x"])
             if "other" in got:
                 diff = largest_difference(got["other"], got["this"])
                 results[-1]["largest_difference_vs_other"] = diff
-                ratio = results[-2]["seconds"] / results[-1]["seconds"]
-                rows.append(["", "other / this", f"{ratio:.1f}x", "", f"largest |Δ| {diff:.1e}"])
+                old, new = results[-2], results[-1]
+                rows.append(["", "other / this", f"{old['seconds'] / new['seconds']:.1f}x",
+                             f"{old['cpu_seconds'] / new['cpu_seconds']:.1f}x", "", f"largest |Δ| {diff:.1e}"])
     text = (f"lintwin similarity --null {args.null} --folds {args.folds}, whole process; {os.cpu_count()} CPU cores, "
             f"load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (a shared machine)\n"
-            + format_table(["features", "version", "seconds", "moments pass s", "whole / pass"], rows) + "\n")
+            + format_table(["features", "version", "seconds", "CPU s", "moments pass s", "whole / pass"], rows)
+            + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / ("similarity_cost_quick" if args.quick else f"similarity_cost_{args.rows}")
     stem.with_suffix(".json").write_text(json.dumps({"command": sys.argv, "results": results}, indent=2))

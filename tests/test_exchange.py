@@ -82,7 +82,7 @@ def test_what_each_format_holds_for_other_tools(tmp_path):
 
 
 def test_a_split_without_ids_or_labels_exports_its_features_alone(tmp_path):
-    a, _, _ = _store(tmp_path / "s.zarr", ids=False, labels=False)
+    _store(tmp_path / "s.zarr", ids=False, labels=False)
     paths = export_features(tmp_path / "s.zarr", "A", fmt="npy", out=tmp_path / "A.npy")
     assert set(paths) == {"features"} and not (tmp_path / "A.ids.npy").exists()
     import_features(tmp_path / "t.zarr", tmp_path / "A.npy", name="A")
@@ -129,6 +129,6 @@ def test_a_missing_extra_is_named_in_one_line_before_anything_is_read(tmp_path, 
     r = runner.invoke(app, ["export", str(tmp_path / "s.zarr"), "--name", "A", "--format", fmt,
                             "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
-        f"Error: exporting to {fmt} needs the {module} package, which the main install leaves out: "
-        "pip install 'lintwin[formats]'"], r.stderr
+        (f"Error: exporting to {fmt} needs the {module} package, which the main install leaves out: "
+         "pip install 'lintwin[formats]'")], r.stderr
     assert not (tmp_path / "x").exists()

@@ -45,7 +45,7 @@ def export_paths(out: Path, fmt: str, *, ids: bool, labels: bool) -> dict[str, P
     """The files an export to ``out`` writes: ``features`` and, for npy, ``ids`` and ``labels`` beside it."""
     paths = {"features": out}
     if fmt == "npy":
-        stem = out.name[: -len(".npy")] if out.name.endswith(".npy") else out.name
+        stem = out.name.removesuffix(".npy")
         if ids:
             paths["ids"] = out.with_name(f"{stem}.ids.npy")
         if labels:

@@ -24,7 +24,7 @@ import importlib
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class ArrayFile:
         self.path, self.kind, self._keys, self._get, self._text, self._closer = path, kind, keys, get, text, closer
         self._known = known or (lambda key: key in self._keys)
 
-    def __enter__(self) -> ArrayFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -223,7 +223,7 @@ def _hdf5(path: Path) -> ArrayFile:
                                "file you name")
         return ds
 
-    keys = [k for k in f.keys() if isinstance(f.get(k, getlink=True), h5py.ExternalLink)
+    keys = [k for k in f if isinstance(f.get(k, getlink=True), h5py.ExternalLink)
             or isinstance(f.get(k), h5py.Dataset)]  # an external link is listed, and refused when read
     return ArrayFile(path, "hdf5", keys, get, {}, f.close, known=lambda key: links(key) is not None)
 
