@@ -20,9 +20,11 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import zarr
+from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from lintwin import AffineMap, FeatureStore
@@ -215,6 +217,39 @@ def sidecar(name: str, edit: Callable[[dict], None]) -> Callable[[Path], None]:
     return both(models(name), edit_json(f"models/{name}.json", edit))
 
 
+def h5(rel: str, entries: Callable[[], dict], external: dict[str, tuple[str, str]] | None = None,
+       virtual: str | None = None) -> Callable[[Path], None]:
+    """An HDF5 file of ``entries`` (name: array), with external links (name: (file, path)) or a virtual dataset."""
+    def go(d: Path) -> None:
+        with h5py.File(d / rel, "w") as f:
+            for k, v in entries().items():
+                f.create_dataset(k, data=v)
+            for k, (file, path) in (external or {}).items():
+                f[k] = h5py.ExternalLink(file, path)
+            if virtual:
+                with h5py.File(d / "source.h5", "w") as g:
+                    g.create_dataset("x", data=_feats()())
+                layout = h5py.VirtualLayout(shape=(TRAIN, 8), dtype=np.float32)
+                layout[:] = h5py.VirtualSource(str(d / "source.h5"), "x", shape=(TRAIN, 8))
+                f.create_virtual_dataset(virtual, layout)
+    return go
+
+
+def st(rel: str, tensors: Callable[[], dict], metadata: dict[str, str] | None = None) -> Callable[[Path], None]:
+    """A safetensors file of ``tensors`` with ``metadata``."""
+    def go(d: Path) -> None:
+        save_file(tensors(), str(d / rel), metadata=metadata)
+    return go
+
+
+def st_raw(rel: str, header: dict, data: bytes) -> Callable[[Path], None]:
+    """A safetensors file written byte by byte (dtypes NumPy cannot hold)."""
+    def go(d: Path) -> None:
+        text = json.dumps(header).encode()
+        (d / rel).write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return go
+
+
 def both(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
     def go(d: Path) -> None:
         for f in fns:
@@ -249,6 +284,11 @@ IMAGES = save("imgs.npz", lambda: {"images": np.random.default_rng(2).integers(0
                                    "labels": np.arange(4)}, npz=True)
 EXTRACT = ["extract", BR, "{dir}/imgs.npz", "--store", "{dir}/new.zarr", "-q", "--workers", "1"]
 STUDY = ["study", S, "--nets", R, I, "--heads", HR, HI, "-q"]
+SIMILARITY = ["similarity", S, "--a", R, "--b", I, "--null", "2", "-q"]
+EXPORT = ["export", S, "--name", R, "--split", "val"]
+TRAIN_IDS = [f"train/{k:05d}.png" for k in range(TRAIN)]
+H5 = ["import", "{dir}/f.h5", "--store", S, "--name", "new"]
+ST = ["import", "{dir}/f.safetensors", "--store", S, "--name", "new"]
 STITCH = ["stitch", "--backbone", f"{{dir}}/models/{R}.backbone.onnx", "--map", M, "--head",
           f"{{dir}}/models/{I}.head.onnx", "-o"]
 FEATS_R = f"s.zarr/train/features/{R}/zarr.json"
@@ -333,7 +373,7 @@ CASES = [
     case("import-nan", IMPORT, save("f.npy", _with(np.nan)), match="NaN or Inf in features of new"),
     case("import-inf", IMPORT, save("f.npy", _with(np.inf)), match="NaN or Inf"),
     case("import-beyond-float32", IMPORT, save("f.npy", _with(1e39)), match="values beyond float32 range"),
-    case("import-text-file", IMPORT, write_text("f.npy", "1,2,3\n4,5,6\n"), match="is not a .npy or .npz file"),
+    case("import-text-file", IMPORT, write_text("f.npy", "1,2,3\n4,5,6\n"), match="is not a .npy, .npz, HDF5 or safetensors file"),
     case("import-python-objects", IMPORT, save("f.npy", lambda: np.array([[1, "a"]], dtype=object)),
          match="holds Python objects"),
     case("import-complex", IMPORT, save("f.npy", _with(1 + 2j, dtype=np.complex128)), match="are complex"),
@@ -381,6 +421,67 @@ CASES = [
     case("solve-out-under-a-file", SOLVE + ["--out", "{dir}/map.npz/sub/m.npz"], match="map.npz"),
     case("solve-both-out-npz", SOLVE + ["--both", "--out", "{dir}/two.npz"], match="give --out a directory"),
     case("compare-out-under-a-file", COMPARE[:-1] + ["{dir}/map.npz/cmp"], match="map.npz"),
+    # -- export: outputs checked before the store is read, never inside it, never replaced unasked ---------
+    case("export-existing-out", EXPORT + ["--out", M], match="exists (a file); pass --overwrite"),
+    case("export-out-is-a-link", EXPORT + ["--out", "{dir}/x.npz", "--format", "npz"],
+         lambda d: (d / "x.npz").symlink_to(d / "map.npz"), match="exists (a symbolic link)"),
+    case("export-out-dangling-link", EXPORT + ["--out", "{dir}/x.h5", "--format", "hdf5"],
+         lambda d: (d / "x.h5").symlink_to(d / "nowhere.h5"), match="exists (a symbolic link)"),
+    case("export-npy-ids-file-exists", EXPORT + ["--out", "{dir}/x.npy"], write_text("x.ids.npy", "mine"),
+         match="x.ids.npy exists"),
+    case("export-out-inside-the-store", EXPORT + ["--out", "{dir}/s.zarr/val/x.npy"], match="inside the store"),
+    case("export-out-unwritable", EXPORT + ["--out", "/proc/lintwin-x.npy"], match="accepts no new files"),
+    case("export-out-a-folder", EXPORT + ["--out", "{dir}/here", "--overwrite"], mkdir("here"), match="is a directory"),
+    case("export-unknown-network", ["export", S, "--name", "nope", "--out", "{dir}/x.npy"],
+         match="network 'nope' not in"),
+    case("export-incomplete-array", EXPORT + ["--out", "{dir}/x.npy"],
+         edit_json(f"s.zarr/val/features/{R}/zarr.json", lambda m: m["attributes"].update(rows_written=10)),
+         match="incomplete"),
+    case("export-damaged-chunk", EXPORT + ["--out", "{dir}/x.npy", "--split", "train"],
+         delete(_chunk("train", R, 1)), match="missing"),
+    case("export-bad-format", EXPORT + ["--out", "{dir}/x.csv", "--format", "csv"], code=2, match="--format"),
+    # -- import from HDF5 and safetensors: ids carried both ways and checked, nothing read outside the file ----
+    case("import-hdf5-other-sample-ids", H5, h5("f.h5", lambda: {"features": _feats()(), "ids": [
+        f"x{k}" for k in range(TRAIN)]}), match="different sample ids"),
+    case("import-hdf5-ids-disagree-with-ids-file", H5 + WITH_IDS, both(IDS, h5("f.h5", lambda: {
+        "features": _feats()(), "ids": TRAIN_IDS[::-1]})), match="differ from those"),
+    case("import-hdf5-ids-wrong-length", H5, h5("f.h5", lambda: {"features": _feats()(), "ids": ["a", "b", "c"]}),
+         match="holds 3 ids for 600 rows"),
+    case("import-hdf5-ids-repeated", H5, h5("f.h5", lambda: {"features": _feats()(), "ids": ["a"] * TRAIN}),
+         match="not unique"),
+    case("import-hdf5-labels-wrong-length", H5, h5("f.h5", lambda: {"features": _feats()(), "ids": TRAIN_IDS,
+                                                                    "labels": np.zeros(5, np.int64)}),
+         match="labels must be 1-D with 600 entries"),
+    case("import-hdf5-1d", H5, h5("f.h5", lambda: {"features": np.ones(TRAIN, np.float32)}), match="must be 2-D"),
+    case("import-hdf5-nan", H5 + WITH_IDS, both(IDS, h5("f.h5", lambda: {"features": _with(np.nan)()})),
+         match="NaN or Inf in features of new"),
+    case("import-hdf5-strings", H5, h5("f.h5", lambda: {"features": np.array([["a", "b"]] * TRAIN, dtype="S1")}),
+         match="real numbers"),
+    case("import-hdf5-external-link", H5 + ["--key", "features"],
+         h5("f.h5", dict, external={"features": ("outside.h5", "x")}), match="link to another file"),
+    case("import-hdf5-virtual-dataset", H5 + ["--key", "v"] + WITH_IDS, both(IDS, h5("f.h5", dict, virtual="v")),
+         match="keeps its data in other files"),
+    case("import-hdf5-external-link-on-the-way", H5 + ["--key", "g/features"],
+         h5("f.h5", dict, external={"g": ("outside.h5", "/")}), match="link to another file"),
+    case("import-hdf5-two-arrays", H5, h5("f.h5", lambda: {"a": _feats()(), "b": _feats()()}),
+         match="choose one with --key"),
+    case("import-safetensors-other-sample-ids", ST, st("f.safetensors", lambda: {"features": _feats()()},
+                                                       {"ids": json.dumps([f"x{k}" for k in range(TRAIN)])}),
+         match="different sample ids"),
+    case("import-safetensors-ids-not-json", ST, st("f.safetensors", lambda: {"features": _feats()()},
+                                                   {"ids": "img1, img2"}), match="not a JSON list of strings"),
+    case("import-safetensors-bool", ST, st("f.safetensors", lambda: {"features": np.ones((TRAIN, 8), bool)}),
+         match="real numbers"),
+    case("import-safetensors-bfloat16", ST, st_raw("f.safetensors", {"features": {
+        "dtype": "BF16", "shape": [TRAIN, 8], "data_offsets": [0, TRAIN * 16]}}, bytes(TRAIN * 16)),
+         match="BF16, which NumPy has no type for"),
+    case("import-safetensors-inf", ST + WITH_IDS, both(IDS, st("f.safetensors", lambda: {"features": _with(np.inf)()})),
+         match="NaN or Inf"),
+    case("import-safetensors-truncated", ST, both(st("f.safetensors", lambda: {"features": _feats()()}),
+                                                  truncate("f.safetensors")), match="cannot read"),
+    case("import-safetensors-labels-float", ST, st("f.safetensors", lambda: {
+        "features": _feats()(), "labels": np.zeros(TRAIN)}, {"ids": json.dumps(TRAIN_IDS)}),
+         match="labels must be integers"),
     # -- bad map and head files ------------------------------------------------------------------------
     case("score-truncated-map", SCORE, truncate("map.npz"), match="map"),
     case("score-tampered-map", SCORE, flip_byte("map.npz"), match="map"),
@@ -433,6 +534,11 @@ CASES = [
     case("compare-out-unwritable", COMPARE[:-1] + ["/proc/lintwin-cmp"], match="accepts no new files"),
     case("study-out-unwritable", STUDY + ["--out", "/proc/lintwin-study"], match="accepts no new files"),
     case("study-out-is-a-file", STUDY + ["--out", M], match="exists and is not a directory"),
+    case("similarity-out-unwritable", SIMILARITY + ["--out", "/proc/lintwin-sim"], match="accepts no new files"),
+    case("similarity-out-unwritable-before-the-pass", SIMILARITY + ["--out", "/proc/lintwin-sim"],
+         delete(_chunk("train", R, 2)), match="accepts no new files"),
+    case("similarity-out-is-a-file", SIMILARITY + ["--out", M], match="exists and is not a directory"),
+    case("similarity-out-under-a-file", SIMILARITY + ["--out", "{dir}/map.npz/sim"], match="map.npz"),
     case("study-moments-folder-linked-outside", STUDY + ["--out", "{dir}/st"],
          both(mkdir("st"), mkdir("outside"), lambda d: (d / "st" / "moments").symlink_to(d / "outside")),
          match="symbolic link"),

@@ -88,3 +88,13 @@ def test_bench_gpu_runs_end_to_end_with_numpy(tmp_path):
     (result,) = tmp_path.glob("gpu_numpy-*.json")
     data = json.loads(result.read_text())
     assert data["numpy_mode"] and "ceilings" in data and "accumulate" in data and "similarity" in data
+
+
+def test_bench_similarity_cost_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_similarity_cost.py"), "--quick", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "similarity_cost_quick.json").read_text())
+    assert [r["dims"] for r in data["results"]] == [[200, 200], [200, 64]]
+    assert all(r["seconds"] > r["moments_seconds"] > 0 and r["cpu_seconds"] > 0 for r in data["results"])
+    assert "whole / pass" in proc.stdout

@@ -83,7 +83,7 @@ def test_import_npy_and_npz(tmp_path):
     assert run("import", tmp_path / "a.npy", "--store", s, "--name", "A").exit_code == 0
     r = run("import", tmp_path / "b.npz", "--store", s, "--name", "B", "--key", "feats", "--labels-key", "labels")
     assert r.exit_code == 0, r.output
-    assert r.stdout.strip() == f"imported 300 x 3 features of B into {s} [train]"
+    assert r.stdout.strip() == f"imported 300 x 3 features of B into {s} [train], rows without ids, with labels"
     r = run("info", s)
     assert "train: 300 rows, labels for 7 classes" in r.stdout and "A: dim 5" in r.stdout
     r = run("solve", s, "--src", "A", "--dst", "B", "-q")

@@ -10,7 +10,7 @@ from lintwin import RankWarning, accumulate_arrays, fit, maps_from_moments
 from lintwin.api import accumulate_folds_arrays
 from lintwin.core.moments import Moments
 from lintwin.solvers import factor
-from lintwin.solvers.ridge_cv import _fold_errors, fold_weights, ridge_cv
+from lintwin.solvers.ridge_cv import FoldPath, _fold_errors, fold_weights, ridge_cv
 
 
 def _scaled(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_ridge_cv_errors_equal_scipy_refits_on_the_kept_units_of_a_near_singular
     lambdas = np.array([1e-3, 0.1, 10.0])
     keep = np.arange(9)
     for j in range(3):
-        errors, _ = _fold_errors(Moments.merged(folds, exclude=j), folds[j], lambdas, reverse=False)
+        errors, _ = _fold_errors(FoldPath.of(Moments.merged(folds, exclude=j), False), folds[j], lambdas, reverse=False)
         xt, yt, xh, yh = x[fold != j][:, keep], y[fold != j], x[fold == j][:, keep], y[fold == j]
         mx, my = xt.mean(axis=0), yt.mean(axis=0)
         for lam, err in zip(lambdas, errors):

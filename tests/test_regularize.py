@@ -7,7 +7,7 @@ from lintwin import FeatureStore, LintwinError, accumulate_arrays, evaluate, fit
 from lintwin.api import accumulate_folds, fit_store, maps_from_moments
 from lintwin.core.folds import image_folds
 from lintwin.core.moments import Moments
-from lintwin.solvers.ridge_cv import _fold_errors, ridge_cv
+from lintwin.solvers.ridge_cv import FoldPath, _fold_errors, ridge_cv
 from lintwin.storage.synthetic import SyntheticPair
 
 
@@ -54,7 +54,7 @@ def test_cv_errors_from_moments_equal_refitting_on_rows(view_store):
     labels = image_folds(s.ids("train"), 360, 3)
     lambdas = np.array([1e-2, 1.0, 30.0])
     for j in range(3):
-        errors, _ = _fold_errors(Moments.merged(folds, exclude=j), folds[j], lambdas, reverse=True)  # B→A
+        errors, _ = _fold_errors(FoldPath.of(Moments.merged(folds, exclude=j), True), folds[j], lambdas, reverse=True)  # B→A
         for lam, err in zip(lambdas, errors):
             m = fit(b[labels != j].astype(np.float64), a[labels != j].astype(np.float64), ridge=lam,
                     precision="float64")

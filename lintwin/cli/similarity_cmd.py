@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..core.files import atomic_write, strict_json
+from ..core.outputs import check_output_dir
 from ..errors import LintwinError
 from ..experiments.pair_similarity import pair_similarity
 from ..experiments.similarity_report import measure_label, plot_similarity, similarity_output
@@ -40,8 +41,8 @@ def similarity_cmd(
 ) -> None:
     """Similarity of networks A and B on a split: CKA, CCA, SVCCA, PWCCA, shape metrics, R²; with --null K p-values."""
     with cli_errors(), maybe_dask(dask) as client:
-        if out is not None and out.exists() and not out.is_dir():
-            raise LintwinError(f"--out {out} is a file; give a directory for the JSON and the PNG")
+        if out is not None:
+            check_output_dir(out, "--out")  # before any work: a long run never fails at its end for want of a place
         s = FeatureStore.open(store)
         res = pair_similarity(s, a, b, split=split, folds=folds, null=null, seed=seed, svcca_keep=svcca_keep,
                               alphas=tuple(alpha) if alpha else DEFAULT_ALPHAS, precision=precision.value,

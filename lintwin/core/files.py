@@ -63,17 +63,18 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 
 
 def _new_temporary(path: Path) -> tuple[IO[bytes], Path]:
-    """A new temporary file beside ``path`` (0666 less the umask), open for writing and held under flock."""
+    """A new temporary file beside ``path`` (0666 less the umask), open for writing (and reading back, as an
+    HDF5 writer does) and held under flock."""
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds a candidate only for a moment
         try:
             same = os.lstat(tmp).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:  # a cleaner of another write took it for stale between open and flock
             same = False
         if same:
-            return os.fdopen(fd, "wb"), tmp
+            return os.fdopen(fd, "w+b"), tmp
         os.close(fd)
 
 

@@ -19,7 +19,7 @@ from ..core.params import check_alpha, check_null_repeats, check_precision, chec
 from ..core.placement import DEFAULT_DEVICE, Placement, placement
 from ..errors import LintwinError
 from ..measures.null import NullResult, store_null
-from ..measures.similarity import DEFAULT_ALPHAS, Similarity, similarity
+from ..measures.similarity import DEFAULT_ALPHAS, SideFactors, Similarity, similarity
 from ..storage.source import StoreSource
 from ..storage.store import FeatureStore
 
@@ -82,7 +82,9 @@ def pair_similarity(store: FeatureStore, a: str, b: str, *, split: str = "train"
         m = accumulate(source, placement=place, precision=precision, kernel=True, progress=progress,  # type: ignore[arg-type]
                        desc=f"moments {split}")
     seconds = time.perf_counter() - t0
-    sim = similarity(m, svcca_keep=svcca_keep, alphas=alphas, folds=parts or None)
+    factors = SideFactors()  # each side factored once: the null re-pairs the same rows
+    sim = similarity(m, svcca_keep=svcca_keep, alphas=alphas, folds=parts or None, factors=factors,
+                     progress=progress)
     if dask_client is not None:
         sim.info["notes"].append("accumulated on Dask: no kernel sums (debiased CKA omitted) and no folds "
                                  "(CV-ridge R² omitted)")
@@ -92,7 +94,7 @@ def pair_similarity(store: FeatureStore, a: str, b: str, *, split: str = "train"
     res = None
     if null:
         def measure(mm: Moments) -> dict[str, float | None]:
-            return similarity(mm, svcca_keep=svcca_keep, alphas=alphas).values
+            return similarity(mm, svcca_keep=svcca_keep, alphas=alphas, factors=factors).values
 
         res = store_null(store, a, b, measure, split=split, repeats=null, seed=seed, precision=precision,
                          kernel=dask_client is None, block_rows=block_rows, device=place, progress=progress)

@@ -33,7 +33,7 @@ from ..core.params import AdamOptions, FitSettings, parse_bytes
 from ..core.placement import DEFAULT_DEVICE, Placement, placement
 from ..core.safe_paths import checked_path
 from ..errors import LintwinError, ModelError, StoreError
-from ..measures.similarity import similarity
+from ..measures.similarity import SideFactors, similarity
 from ..networks.head_maps import head_map, read_affine_head
 from ..networks.onnx_models import Head, NetworkSpec, file_sha256
 from ..solvers import fit_ridge_cv, maps_from_moments
@@ -356,9 +356,10 @@ def _similarity_matrices(names: list[str], pair: Callable[[str, str], Moments],
                          notes: list[str]) -> dict[str, list[list[float | None]]]:
     """Symmetric similarity measures (:func:`lintwin.similarity.similarity`) of every pair, from the same moments."""
     mats: dict[str, list[list[float | None]]] = {k: [[None] * len(names) for _ in names] for k in SIMILARITY}
+    factors = SideFactors()  # each network's block is the same in all its pairs: factored once
     for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
         try:
-            values = similarity(pair(a, b), predictivity=False).values
+            values = similarity(pair(a, b), predictivity=False, factors=factors).values
         except LintwinError as exc:
             notes.append(f"no similarity of {a} and {b}: {exc}")
             continue

@@ -64,16 +64,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ..core.moments import Moments
 from ..core.params import check_alpha, check_svcca_keep
 from ..core.xp import device, namespace, to_numpy
 from ..errors import LintwinError
 from ..results import NamedResult, short_number
-from ..solvers import default_rcond, factor, maps_from_moments, ridge_cv
-from ..solvers.ridge_cv import fold_weights
+from ..solvers import ScaledSystem, default_rcond, factor, maps_from_moments, ridge_cv
+from ..solvers.ridge_cv import FoldPath
 
-__all__ = ["DEFAULT_ALPHAS", "Similarity", "linear_cka", "similarity"]
+__all__ = ["DEFAULT_ALPHAS", "SideFactors", "Similarity", "linear_cka", "similarity"]
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)
 
@@ -134,6 +135,7 @@ class _Side:
     rank: int
     raw_evals: Any     # eigenvalues of the kept units' raw co-moment (descending, clipped at 0)
     raw_vecs: Any      # and its eigenvectors (PCA directions of SVCCA, partial whitening of the shape metrics)
+    system: ScaledSystem  # the factored side, which the least-squares maps from this side solve with
 
     def whitener(self, xp: Any) -> Any:
         """``W`` (k x rank) with ``Wᵀ S W = I`` on the kept units."""
@@ -153,7 +155,53 @@ def _side(S: Any, mean: Any, n: int, precision: str, rcond: float, name: str, xp
     rank = sys.kept_rank()
     lam, V = sys.raw_eigen()
     constant = np.flatnonzero(to_numpy(sys.constant).astype(bool)).tolist()
-    return _Side(sys.keep, xp.take(sys.scale, sys.keep), evals[:rank], vecs[:, :rank], constant, rank, lam, V)
+    return _Side(sys.keep, xp.take(sys.scale, sys.keep), evals[:rank], vecs[:, :rank], constant, rank, lam, V, sys)
+
+
+REUSE_TOL = 1e-13  # relative (correlation-space) difference up to which two co-moment blocks share a factorisation
+
+
+class SideFactors:
+    """Each network's side factored once (:func:`_side`), reused for the same block in later calls.
+
+    The eigendecompositions of each side are most of the cost of :func:`similarity`. A permutation null
+    re-pairs the same rows, so each side's co-moment block is the observed one up to the rounding of a
+    different summation order; a study pairs each network with every other, with the very same block.
+    A side is reused only for the same row count, precision and ``rcond``, and a block and mean that
+    agree entry by entry within :data:`REUSE_TOL` relative to the units' spread (``|ΔS_ij| ≤ tol ·
+    sqrt(S_ii S_jj)``); anything else is factored afresh, so reuse changes no result beyond rounding.
+    Pass one instance to every :func:`similarity` call of a null or a study.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[str, tuple[Any, Any, int, str, float, _Side]] = {}
+        self.reused = 0
+
+    def side(self, S: Any, mean: Any, n: int, precision: str, rcond: float, name: str, xp: Any) -> _Side:
+        """``name``'s side of ``S`` (its co-moment block) and ``mean``: the kept one when they agree, else a new one."""
+        kept = self._sides.get(name)
+        if kept is not None and self._same(kept, S, mean, n, precision, rcond, xp):
+            self.reused += 1
+            return kept[-1]
+        side = _side(S, mean, n, precision, rcond, name, xp)
+        self._sides[name] = (S, mean, n, precision, rcond, side)
+        return side
+
+    @staticmethod
+    def _same(kept: tuple[Any, Any, int, str, float, _Side], S: Any, mean: Any, n: int, precision: str, rcond: float,
+              xp: Any) -> bool:
+        S0, mean0, n0, precision0, rcond0, _ = kept
+        if (n0, precision0, rcond0) != (n, precision, rcond) or tuple(S0.shape) != tuple(S.shape):
+            return False
+        if S0 is S and mean0 is mean:
+            return True
+        if namespace(S0) is not xp:
+            return False
+        spread = xp.sqrt(xp.abs(xp.linalg.diagonal(S0)))
+        scale = xp.reshape(spread, (-1, 1)) * xp.reshape(spread, (1, -1))
+        sd = spread / math.sqrt(max(n - 1, 1))
+        return bool(xp.all(xp.abs(S - S0) <= REUSE_TOL * scale)
+                    & xp.all(xp.abs(mean - mean0) <= REUSE_TOL * (xp.abs(mean0) + sd)))
 
 
 def _cka(blk: dict[str, Any], xp: Any) -> float:
@@ -264,12 +312,37 @@ def _svcca(blk: dict[str, Any], sa: _Side, sb: _Side, keep: float, xp: Any) -> t
     return xp.clip(xp.linalg.svdvals(T), 0.0, 1.0), (int(la.shape[0]), int(lb.shape[0]))
 
 
+NUCLEAR_TOL = 1e-12  # relative bound on the part of a nuclear norm left out with the rounding-level directions
+
+
+def _nuclear_norm(cross: Any, ra: int, rb: int, xp: Any) -> float:
+    """Sum of the singular values of ``cross``, from its leading ``ra × rb`` block when the rest is rounding.
+
+    Rows ``ra:`` and columns ``rb:`` belong to directions below the rank decision (eigenvalues at the
+    rounding level: with fewer rows than units, most of them). Leaving them out can only lower the
+    nuclear norm, and by at most ``sqrt(rank of the rest) · ‖rest‖_F``; when that bound is within
+    :data:`NUCLEAR_TOL` of the block's own nuclear norm, the block's SVD (``ra × rb`` instead of
+    ``d_a × d_b``) gives the value; otherwise the whole matrix's does.
+    """
+    da, db = (int(x) for x in cross.shape)
+    if (ra, rb) == (da, db):
+        return float(xp.sum(xp.linalg.svdvals(cross)))
+    block, below, right = cross[:ra, :rb], cross[ra:, :], cross[:ra, rb:]
+    rest = float(xp.sum(below * below)) + float(xp.sum(right * right))  # summed directly: no cancellation
+    bound = math.sqrt((da - ra) + (db - rb)) * math.sqrt(rest)
+    nuclear = float(xp.sum(xp.linalg.svdvals(block))) if ra and rb else 0.0
+    if bound <= NUCLEAR_TOL * nuclear:
+        return nuclear
+    return float(xp.sum(xp.linalg.svdvals(cross)))
+
+
 def _shape_angles(blk: dict[str, Any], sa: _Side, sb: _Side, alphas: Sequence[float], rho_sum: float,
                   xp: Any) -> dict[float, float]:
     """Angular shape distance for each α (netrep's partial whitening, from the co-moments).
 
     At α = 0 with every non-constant direction kept, full whitening makes the cross matrix's singular
     values the canonical correlations, so the CCA spectrum's sum is reused instead of another SVD.
+    The nuclear norm comes from the kept directions' block when the rest is rounding (:func:`_nuclear_norm`).
     """
     full_rank = sa.rank == int(sa.keep.shape[0]) and sb.rank == int(sb.keep.shape[0])
     eig = []
@@ -291,16 +364,20 @@ def _shape_angles(blk: dict[str, Any], sa: _Side, sb: _Side, alphas: Sequence[fl
             d.append(xp.where(kept, alpha + (1.0 - alpha) / xp.sqrt(safe), xp.full_like(lam, alpha)))
         cross = xp.reshape(d[0], (-1, 1)) * P * xp.reshape(d[1], (1, -1))
         norm = math.sqrt(float(xp.sum(d[0] ** 2 * la)) * float(xp.sum(d[1] ** 2 * lb)))
-        cos = float(xp.sum(xp.linalg.svdvals(cross))) / norm
+        cos = _nuclear_norm(cross, sa.rank, sb.rank, xp) / norm
         out[float(alpha)] = math.acos(min(1.0, max(-1.0, cos)))
     return out
 
 
-def _predictivity(m: Moments, rcond: float, info: dict) -> tuple[dict[str, float], dict[str, Any]]:
-    """R² of the least-squares maps both ways, overall and per target unit, exactly from the moments."""
+def _predictivity(m: Moments, rcond: float, info: dict,
+                  systems: Sequence[ScaledSystem]) -> tuple[dict[str, float], dict[str, Any]]:
+    """R² of the least-squares maps both ways, overall and per target unit, exactly from the moments.
+
+    ``systems`` are A's and B's sides as the measures factored them (the same factorisation a map solves with).
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        maps = maps_from_moments(m, both=True, rcond=rcond)
+        maps = maps_from_moments(m, both=True, rcond=rcond, systems=systems)
     info["predictivity_notes"] = [str(w.message) for w in caught]
     values, per = {}, {}
     for mp, key in ((maps[0], "r2_ab"), (maps[1], "r2_ba")):
@@ -311,15 +388,35 @@ def _predictivity(m: Moments, rcond: float, info: dict) -> tuple[dict[str, float
     return values, per
 
 
-def _predictivity_cv(folds: Sequence[Moments], info: dict) -> tuple[dict[str, float], dict[str, Any]]:
-    """Held-out R² of the ridge map with λ chosen by K-fold CV, pooled over the folds, per target unit."""
+def _row_span(side: _Side, n: int) -> Any | None:
+    """An orthonormal basis (all units × (n−1)) of the span of a side's centred rows, when they are fewer than
+    its units: the leading eigenvectors of its co-moment. ``None`` when the rows span every unit."""
+    if n - 1 >= int(side.keep.shape[0]):
+        return None
+    return side.system.embed(side.raw_vecs[:, : n - 1])
+
+
+def _predictivity_cv(folds: Sequence[Moments], info: dict, spans: tuple[Any, Any] = (None, None),
+                     step: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Held-out R² of the ridge map with λ chosen by K-fold CV, pooled over the folds, per target unit.
+
+    Each fold's training system is factored once per direction (:class:`~lintwin.solvers.ridge_cv.FoldPath`)
+    and serves both the choice of λ and the held-out errors of the chosen one; the paths of one direction
+    take at most the memory of the fold moments. ``spans`` (A's, B's: :func:`_row_span`) let a fold be
+    factored on the span of the rows when there are fewer rows than units. ``step()`` is called after each
+    fold is factored (progress).
+    """
     values, per = {}, {}
     for reverse, key in ((False, "r2cv_ab"), (True, "r2cv_ba")):
-        cv = ridge_cv(list(folds), reverse=reverse)
+        paths = []
+        for j in range(len(folds)):
+            paths.append(FoldPath.of(Moments.merged(folds, exclude=j), reverse, spans[1] if reverse else spans[0]))
+            if step is not None:
+                step()
+        cv = ridge_cv(list(folds), reverse=reverse, paths=paths)
         sse = sst = None
         for j, held in enumerate(folds):
-            train = Moments.merged(folds, exclude=j)
-            _, wt, bias = next(fold_weights(train, np.asarray([cv.chosen]), reverse))
+            wt, bias = paths[j].weights(cv.chosen)
             hxx, hxy, hyy, nx, ny = held.oriented(reverse)
             xp = namespace(hxx)
             c = ny - (xp.matrix_transpose(wt) @ nx + bias)
@@ -339,12 +436,16 @@ def _predictivity_cv(folds: Sequence[Moments], info: dict) -> tuple[dict[str, fl
 # -- the API -----------------------------------------------------------------------------------------
 def similarity(m: Moments, *, svcca_keep: float = 0.99, alphas: Sequence[float] = DEFAULT_ALPHAS,
                rcond: float | None = None, folds: Sequence[Moments] | None = None,
-               predictivity: bool = True) -> Similarity:
+               predictivity: bool = True, factors: SideFactors | None = None,
+               progress: bool = False) -> Similarity:
     """Every similarity measure of the module docstring, from one accumulator (see there for definitions).
 
     ``folds`` (image-fold moments whose merge is ``m``) adds the cross-validated ridge R²;
     ``m.kernel`` (``Moments(..., kernel=True)``) adds debiased CKA. ``rcond`` overrides the
-    solver's relative eigenvalue floor in the scaled space.
+    solver's relative eigenvalue floor in the scaled space. ``factors`` keeps each side's
+    factorisation for later calls on the same rows (a permutation null, a study's pairs: see
+    :class:`SideFactors`). ``progress`` shows a bar over the steps (each side, the measures, the
+    R², each CV fold).
     """
     check_svcca_keep(svcca_keep)
     for alpha in alphas:
@@ -355,42 +456,50 @@ def similarity(m: Moments, *, svcca_keep: float = 0.99, alphas: Sequence[float] 
     if n < 2:
         raise LintwinError(f"similarity needs at least 2 rows, got {n}")
     rcond = default_rcond(m.precision, m.n) if rcond is None else float(rcond)
-    a, b = m.names
-    sa = _side(blk["aa"], blk["mean_a"], n, m.precision, rcond, a, xp)
-    sb = _side(blk["bb"], blk["mean_b"], n, m.precision, rcond, b, xp)
-    info: dict[str, Any] = {
-        "rows": n, "dims": [m.dim_a, m.dim_b], "precision": m.precision, "rcond": rcond,
-        "constant_units": {a: sa.constant, b: sb.constant}, "rank": {a: sa.rank, b: sb.rank},
-        "notes": [],
-    }
-    values: dict[str, float | None] = {"cka": _cka(blk, xp), "cka_debiased": _cka_debiased(m, blk, xp, info["notes"])}
-    if m.kernel is None:
-        info["notes"].append("cka_debiased needs kernel sums (Moments(..., kernel=True)); omitted")
-    rho, U, Vt = _cca(blk, sa, sb, xp)
-    rho_np = to_numpy(rho)
-    values.update(cca_rho1=float(rho_np[0]), cca_mean_rho=float(rho_np.mean()),
-                  cca_mean_rho2=float((rho_np**2).mean()))
-    if min(sa.rank, sb.rank) >= n - 1:
-        info["notes"].append(f"rank ({min(sa.rank, sb.rank)}) >= rows - 1 ({n - 1}): canonical correlations "
-                             "are 1 by construction; CCA, SVCCA, PWCCA and shape_angle[0] carry no information")
-    sv, sv_dims = _svcca(blk, sa, sb, svcca_keep, xp)
-    sv_np = to_numpy(sv)
-    values["svcca"] = float(sv_np.mean())
-    info["svcca"] = {"keep": svcca_keep, "dims": {a: sv_dims[0], b: sv_dims[1]}}
-    values["pwcca"], _, which = _pwcca(blk, sa, sb, rho, U, Vt, xp)
-    info["pwcca_weights_from"] = a if which == "A" else b
-    angles = _shape_angles(blk, sa, sb, sorted({*map(float, alphas), 1.0}), float(rho_np.sum()), xp)
-    cos1 = math.cos(angles[1.0])
-    values["procrustes"] = 2.0 - 2.0 * cos1
-    for alpha in alphas:
-        values[f"shape_angle[{float(alpha):g}]"] = angles[float(alpha)]
-    r2: dict[str, Any] = {}
-    r2cv: dict[str, Any] = {}
-    if predictivity:
-        v, r2 = _predictivity(m, rcond, info)
-        values.update(v)
-        if folds:
-            v, r2cv = _predictivity_cv(folds, info)
+    factors = factors if factors is not None else SideFactors()
+    steps = 3 + (1 + 2 * len(folds) if predictivity and folds else int(predictivity))
+    with tqdm(total=steps, desc="similarity measures", unit="step", disable=not progress) as bar:
+        a, b = m.names
+        sa = factors.side(blk["aa"], blk["mean_a"], n, m.precision, rcond, a, xp)
+        bar.update()
+        sb = factors.side(blk["bb"], blk["mean_b"], n, m.precision, rcond, b, xp)
+        bar.update()
+        info: dict[str, Any] = {
+            "rows": n, "dims": [m.dim_a, m.dim_b], "precision": m.precision, "rcond": rcond,
+            "constant_units": {a: sa.constant, b: sb.constant}, "rank": {a: sa.rank, b: sb.rank},
+            "notes": [],
+        }
+        values: dict[str, float | None] = {"cka": _cka(blk, xp),
+                                           "cka_debiased": _cka_debiased(m, blk, xp, info["notes"])}
+        if m.kernel is None:
+            info["notes"].append("cka_debiased needs kernel sums (Moments(..., kernel=True)); omitted")
+        rho, U, Vt = _cca(blk, sa, sb, xp)
+        rho_np = to_numpy(rho)
+        values.update(cca_rho1=float(rho_np[0]), cca_mean_rho=float(rho_np.mean()),
+                      cca_mean_rho2=float((rho_np**2).mean()))
+        if min(sa.rank, sb.rank) >= n - 1:
+            info["notes"].append(f"rank ({min(sa.rank, sb.rank)}) >= rows - 1 ({n - 1}): canonical correlations "
+                                 "are 1 by construction; CCA, SVCCA, PWCCA and shape_angle[0] carry no information")
+        sv, sv_dims = _svcca(blk, sa, sb, svcca_keep, xp)
+        sv_np = to_numpy(sv)
+        values["svcca"] = float(sv_np.mean())
+        info["svcca"] = {"keep": svcca_keep, "dims": {a: sv_dims[0], b: sv_dims[1]}}
+        values["pwcca"], _, which = _pwcca(blk, sa, sb, rho, U, Vt, xp)
+        info["pwcca_weights_from"] = a if which == "A" else b
+        angles = _shape_angles(blk, sa, sb, sorted({*map(float, alphas), 1.0}), float(rho_np.sum()), xp)
+        cos1 = math.cos(angles[1.0])
+        values["procrustes"] = 2.0 - 2.0 * cos1
+        for alpha in alphas:
+            values[f"shape_angle[{float(alpha):g}]"] = angles[float(alpha)]
+        bar.update()
+        r2: dict[str, Any] = {}
+        r2cv: dict[str, Any] = {}
+        if predictivity:
+            v, r2 = _predictivity(m, rcond, info, (sa.system, sb.system))
             values.update(v)
+            bar.update()
+            if folds:
+                v, r2cv = _predictivity_cv(folds, info, (_row_span(sa, n), _row_span(sb, n)), bar.update)
+                values.update(v)
     return Similarity((a, b), n, values, rho_np, sv_np, {k: to_numpy(x) for k, x in r2.items()},
                       {k: to_numpy(x) for k, x in r2cv.items()}, info)

@@ -167,13 +167,34 @@ class ScaledSystem:
         low = float(evals[-1])
         return float(evals[0]) / low if low > 0 else math.inf
 
-    def ridge_path(self, sxy: Any) -> tuple[Any, Any, Any]:
+    def raw_eigen_within(self, basis: Any) -> tuple[Any, Any]:
+        """:meth:`raw_eigen` for an ``S`` whose range lies in the span of ``basis`` (all units × r): one r × r eigh.
+
+        With fewer rows than units, a co-moment of some of the rows (a CV fold's training rows) has its
+        range inside the span of all rows' centred features, which ``basis`` holds (the leading
+        eigenvectors of all rows' co-moment). On that span ``S = Q (Qᵀ S Q) Qᵀ`` with ``Q`` an
+        orthonormal basis of the kept units' rows of ``basis`` (those rows themselves when every unit left
+        out has a zero row in ``basis``, else their QR factor); every other direction has eigenvalue 0
+        (rounding noise in a full decomposition) and adds nothing to a ridge solution. Returns the
+        ``r`` eigenpairs (descending, clipped at 0) on the non-constant units.
+        """
+        xp = self.xp
+        Q = xp.take(basis, self.keep, axis=0)
+        outside = xp.reshape(xp.astype(self.constant, basis.dtype), (-1, 1))
+        if float(xp.sum(xp.abs(basis) * outside)) != 0.0:  # units constant here but not in all rows: re-orthonormalise
+            Q, _ = xp.linalg.qr(Q)
+        Sk = xp.take(xp.take(self.S, self.keep, axis=0), self.keep, axis=1)
+        M = xp.matrix_transpose(Q) @ Sk @ Q
+        lam, U = symmetric_eigen((M + xp.matrix_transpose(M)) / 2, xp)
+        return xp.maximum(lam, xp.zeros_like(lam)), Q @ U
+
+    def ridge_path(self, sxy: Any, basis: Any | None = None) -> tuple[Any, Any, Any]:
         """What the ridge path needs: ``(Λ, V, P = Vᵀ Sxy)`` from :meth:`raw_eigen`, ``V`` in all units.
 
         ``Wᵀ(λ) = V diag(1/(Λ+λ)) P`` for every λ, with the constant units' rows zero (the simultaneous
-        diagonalisation of the scaled system and the per-unit ridge).
+        diagonalisation of the scaled system and the per-unit ridge). ``basis``: see :meth:`raw_eigen_within`.
         """
-        lam, V = self.raw_eigen()
+        lam, V = self.raw_eigen() if basis is None else self.raw_eigen_within(basis)
         V = self.embed(V)
         return lam, V, self.xp.matrix_transpose(V) @ sxy
 

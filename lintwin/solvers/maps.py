@@ -20,6 +20,7 @@ from ..core.params import check_ridge, check_ridge_criterion
 from ..core.xp import namespace, to_numpy
 from ..errors import LintwinError
 from .conditioning import constant_units
+from .factor import ScaledSystem
 from .lstsq import reduce_rank, solve_affine
 from .ridge_cv import RidgeCV, ridge_cv
 
@@ -27,10 +28,13 @@ __all__ = ["fit_ridge_cv", "maps_from_moments", "moment_metrics"]
 
 
 def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both: bool = False,
-                      rcond: float | None = None, rank: int | None = None) -> list[AffineMap]:
+                      rcond: float | None = None, rank: int | None = None,
+                      systems: Sequence[ScaledSystem] | None = None) -> list[AffineMap]:
     """Closed-form map src→dst (and dst→src with ``both``) from one accumulator of a pair.
 
     ``ridge`` is one λ or one per direction; ``rank`` makes each map the best map of that rank.
+    ``systems`` are the source sides already factored (:func:`~lintwin.solvers.factor.factor` of A's
+    block, then B's, with the same ``rcond``), one per direction.
     """
     src, dst = m.names
     specs = [(src, dst, *m.oriented(False))]
@@ -38,10 +42,10 @@ def maps_from_moments(m: Moments, *, ridge: float | Sequence[float] = 0.0, both:
         specs.append((dst, src, *m.oriented(True)))
     ridges = [check_ridge(ridge)] * 2 if isinstance(ridge, (int, float)) else [check_ridge(r) for r in ridge]
     maps = []
-    for (s, d, sxx, sxy, syy, mx, my), lam in zip(specs, ridges):
+    for i, ((s, d, sxx, sxy, syy, mx, my), lam) in enumerate(zip(specs, ridges)):
         t0 = time.perf_counter()
         w, b, info = solve_affine(sxx, sxy, mx, my, m.n, ridge=lam, label=f"{s}→{d}", precision=m.precision,
-                                  rcond=rcond)
+                                  rcond=rcond, system=systems[i] if systems is not None else None)
         if rank is not None:
             w = reduce_rank(w, sxx, rank, ridge=lam)
             b = my - w @ mx

@@ -14,6 +14,7 @@ relative to the summed held-out variance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..core.moments import Moments
 from ..core.xp import namespace, to_numpy
 from .factor import factor
 
-__all__ = ["RidgeCV", "default_lambdas", "fold_weights", "ridge_cv"]
+__all__ = ["FoldPath", "RidgeCV", "default_lambdas", "fold_weights", "ridge_cv"]
 
 
 @dataclass
@@ -56,11 +57,38 @@ def default_lambdas(cxx: Any, n: int = 25) -> np.ndarray:
     return mean_eig * np.logspace(-6, 1, n)
 
 
-def _eigen_path(train: Moments, reverse: bool) -> tuple[Any, Any, Any, Any, Any]:
-    """The training system factored once: ``(Λ, V, P = Vᵀ Sxy, mean_x, mean_y)`` on its non-constant units."""
-    cxx, cxy, _, mx, my = train.oriented(reverse)
-    evals, V, P = factor(cxx, mx, train.n, train.precision).ridge_path(cxy)
-    return evals, V, P, mx, my
+@dataclass
+class FoldPath:
+    """One fold's training system factored once: ``Wᵀ(λ) = V diag(1/(Λ+λ)) P`` for every λ.
+
+    ``(Λ, V, P = Vᵀ Sxy)`` on the training moments' non-constant units and their means: read by the
+    CV error of every λ and by the maps of the chosen one, so a caller that keeps the paths
+    decomposes each fold's training co-moment once however many λ and scores use it.
+    """
+
+    evals: Any
+    V: Any
+    P: Any
+    mean_x: Any
+    mean_y: Any
+
+    @classmethod
+    def of(cls, train: Moments, reverse: bool, basis: Any | None = None) -> FoldPath:
+        """Factor one fold's training moments for the map src→dst (``reverse``: dst→src).
+
+        ``basis`` (source units × r) spans the source features of all the rows, when they are fewer than
+        the units: the fold's system is then decomposed on that span (r × r; see
+        :meth:`~lintwin.solvers.factor.ScaledSystem.raw_eigen_within`).
+        """
+        cxx, cxy, _, mx, my = train.oriented(reverse)
+        evals, V, P = factor(cxx, mx, train.n, train.precision).ridge_path(cxy, basis)
+        return cls(evals, V, P, mx, my)
+
+    def weights(self, lam: float) -> tuple[Any, Any]:
+        """``(Wᵀ, bias)`` of the ridge map with ``λ``."""
+        xp = namespace(self.V)
+        wt = self.V @ (xp.reshape(_inverse(self.evals, float(lam), xp), (-1, 1)) * self.P)
+        return wt, self.mean_y - xp.sum(wt * xp.reshape(self.mean_x, (-1, 1)), axis=0)
 
 
 def _inverse(evals: Any, lam: float, xp: Any) -> Any:
@@ -72,21 +100,19 @@ def _inverse(evals: Any, lam: float, xp: Any) -> Any:
 
 def fold_weights(train: Moments, lambdas: np.ndarray, reverse: bool) -> Any:
     """Yield (λ, W^T, bias) along the ridge path of one fold's training moments (one eigh)."""
-    evals, V, P, mx, my = _eigen_path(train, reverse)
-    xp = namespace(V)
+    path = FoldPath.of(train, reverse)
     for lam in lambdas:
-        wt = V @ (xp.reshape(_inverse(evals, float(lam), xp), (-1, 1)) * P)
-        yield float(lam), wt, my - xp.sum(wt * xp.reshape(mx, (-1, 1)), axis=0)
+        yield (float(lam), *path.weights(float(lam)))
 
 
-def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bool) -> tuple[np.ndarray, float]:
+def _fold_errors(path: FoldPath, held: Moments, lambdas: np.ndarray, reverse: bool) -> tuple[np.ndarray, float]:
     """Held-out SSE for every λ, in the eigenbasis of the training co-moment.
 
     With W^T = V D P (D = diag 1/(Λ+λ), P = V^T Cxy), every term reduces to products
     computed once per fold -- Q = V^T Hxy, G = V^T Hxx V, M = P P^T -- so each λ costs
     O(d²) instead of a d³ matrix product.
     """
-    evals, V, P, mx, my = _eigen_path(train, reverse)
+    evals, V, P, mx, my = path.evals, path.V, path.P, path.mean_x, path.mean_y
     hxx, hxy, hyy, nx, ny = held.oriented(reverse)
     xp = namespace(V)
     Vt = xp.matrix_transpose(V)
@@ -105,16 +131,21 @@ def _fold_errors(train: Moments, held: Moments, lambdas: np.ndarray, reverse: bo
     return errors, tr_hyy
 
 
-def ridge_cv(folds: list[Moments], *, reverse: bool = False, lambdas: np.ndarray | None = None) -> RidgeCV:
-    """Choose λ for src→dst (``reverse``: dst→src) by K-fold CV over the given fold moments."""
+def ridge_cv(folds: list[Moments], *, reverse: bool = False, lambdas: np.ndarray | None = None,
+             paths: Sequence[FoldPath] | None = None) -> RidgeCV:
+    """Choose λ for src→dst (``reverse``: dst→src) by K-fold CV over the given fold moments.
+
+    ``paths`` (:meth:`FoldPath.of` each fold's training moments, same direction) spares factoring the folds again.
+    """
     k = len(folds)
     total = Moments.merged(folds)
     if lambdas is None:
         lambdas = default_lambdas(total.oriented(reverse)[0])
     sse = np.zeros(len(lambdas))
     var = 0.0
-    for j in range(k):
-        e, v = _fold_errors(Moments.merged(folds, exclude=j), folds[j], lambdas, reverse)
+    for j in range(k):  # without paths, each fold is factored in turn and dropped (one at a time in memory)
+        path = paths[j] if paths is not None else FoldPath.of(Moments.merged(folds, exclude=j), reverse)
+        e, v = _fold_errors(path, folds[j], lambdas, reverse)
         sse += e
         var += v
     rel = sse / var

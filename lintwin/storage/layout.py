@@ -4,12 +4,23 @@ Layout (a zarr v3 group; nothing else is opened)::
 
     STORE/                        attrs: {"lintwin": {"format": "lintwin.store/2"}}
       <split>/                    e.g. train, val
-        features/<network>        float32 (rows x dim), chunks (chunk_rows, dim)
+        features/<network>        float32 (rows x dim), chunks (chunk_rows, dim), dims (ids, <network>.unit)
                                   attrs: network, dim, rows, rows_written, chunk_crc32c, ids_sha256,
                                   model_sha256, source, and what the writer adds (extra attributes)
-        labels                    int64 (rows,)   optional; attrs rows, rows_written, chunk_crc32c
-        ids                       string (rows,)  optional, e.g. image file names; attrs also ids_sha256
-      .lintwin-locks/             one lock file per array being written (not part of the zarr hierarchy)
+        labels                    int64 (rows,)   optional; dims (ids,); attrs rows, rows_written,
+                                  chunk_crc32c, coordinates ("labels")
+        ids                       string (rows,)  optional, e.g. image file names; dims (ids,); attrs also
+                                  ids_sha256
+      .lintwin-locks/             one lock file per array written (not part of the zarr hierarchy: zarr
+                                  warns that it does not recognise it when it lists the store's root)
+
+Dimension names (zarr v3 ``dimension_names``) make every array readable by xarray: the rows are
+dimension ``ids``, of which the split's ``ids`` array is the index (so ``xarray.open_datatree``
+hands the sample ids down to the feature arrays), and ``labels`` declares itself a coordinate
+(CF's ``coordinates`` attribute). Stores written before lintwin recorded them carry no
+``dimension_names``; ``lintwin upgrade`` adds them (:mod:`.upgrade`). No array may carry an
+attribute that xarray's decoding would act on (:data:`XARRAY_DECODED_ATTRS`: a scale factor, a fill
+value, time units, ...), so xarray reads exactly the numbers lintwin reads.
 
 Metadata is untrusted input: :func:`check_array_meta` accepts only the arrays lintwin writes
 (zarr v3, its data types, codecs and chunking) with every attribute present, of its type, and
@@ -33,9 +44,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from ..core.safe_paths import read_regular
 from ..errors import StoreError, UnsafePathError
 
-__all__ = ["FORMAT", "KINDS", "LOCK_DIR", "RESERVED_ATTRS", "check_array_meta", "check_counts_on_disk",
-           "check_group_meta", "check_name", "chunk_file", "complete_chunks", "compressors", "default_chunk_rows",
-           "ids_sha256", "is_name", "n_chunks", "read_meta", "require_safe_numcodecs"]
+__all__ = ["FORMAT", "KINDS", "LOCK_DIR", "RESERVED_ATTRS", "ROWS_DIM", "XARRAY_DECODED_ATTRS", "check_array_meta",
+           "check_counts_on_disk", "check_group_meta", "check_name", "chunk_file", "complete_chunks", "compressors",
+           "default_chunk_rows", "dimension_names", "ids_sha256", "is_name", "n_chunks", "read_meta",
+           "require_safe_numcodecs", "xarray_attrs"]
 
 FORMAT = "lintwin.store/2"
 LOCK_DIR = ".lintwin-locks"
@@ -44,12 +56,30 @@ _META_LIMIT = 256 * 2**20  # a zarr.json larger than this is not one lintwin wro
 _SLACK = 64  # missing chunks beyond twice those present (plus this) mean tampered counts
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 RESERVED_ATTRS = {"network", "dim", "rows", "rows_written", "chunk_crc32c", "ids_sha256", "model_sha256", "source"}
+ROWS_DIM = "ids"  # the dimension of the rows; the split's ids array is its index
+# Attributes that xarray's default decoding acts on (masking and scaling, times and time deltas,
+# booleans, characters, coordinates, zarr v2 dimensions): on a lintwin array they would make xarray
+# read other numbers than lintwin does, so no writer sets them and no reader accepts them (except
+# ``coordinates`` on labels, exactly as lintwin writes it).
+XARRAY_DECODED_ATTRS = {"_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned", "valid_min",
+                        "valid_max", "valid_range", "units", "calendar", "dtype", "_Encoding", "coordinates",
+                        "bounds", "grid_mapping", "_ARRAY_DIMENSIONS"}
 # What each lintwin array may be: its data type, rank and codecs (the last one always crc32c).
 KINDS = {
     "features": ("float32", 2, {"bytes", "blosc", "crc32c"}),
     "labels": ("int64", 1, {"bytes", "zstd", "crc32c"}),
     "ids": ("string", 1, {"vlen-utf8", "zstd", "crc32c"}),
 }
+
+
+def dimension_names(kind: str, name: str | None = None) -> list[str]:
+    """The xarray dimension names of an array of ``kind`` (``features`` of network ``name``, ``labels``, ``ids``)."""
+    return [ROWS_DIM, f"{name}.unit"] if kind == "features" else [ROWS_DIM]
+
+
+def xarray_attrs(kind: str) -> dict[str, str]:
+    """The attributes by which xarray reads an array of ``kind`` as a coordinate (labels) rather than data."""
+    return {"coordinates": "labels"} if kind == "labels" else {}
 
 
 def default_chunk_rows(dim: int) -> int:
@@ -165,6 +195,10 @@ def _attribute_problem(attrs: dict[str, Any], kind: str, shape: list[int], chunk
     if kind in ("features", "ids") and not (_is_sha(attrs["ids_sha256"])
                                             or (kind == "features" and attrs["ids_sha256"] is None)):
         return "ids_sha256 is not a sha256 digest"
+    decoded = sorted(k for k in XARRAY_DECODED_ATTRS & set(attrs) if attrs[k] != xarray_attrs(kind).get(k))
+    if decoded:
+        return (f"attribute(s) {', '.join(decoded)} would make xarray decode the values (lintwin never writes "
+                "them there)")
     return None
 
 
@@ -178,7 +212,8 @@ def check_array_meta(meta: dict[str, Any], kind: str, what: str, name: str | Non
               and len(shape) == ndim and len(chunks) == ndim and all(_is_int(v) for v in shape + chunks)
               and set(names) <= codecs and names[-1] == "crc32c" and not meta.get("storage_transformers")
               and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-              and (ndim == 1 or chunks[1] == shape[1]) and chunks[0] >= 1 and isinstance(meta.get("attributes"), dict))
+              and (ndim == 1 or chunks[1] == shape[1]) and chunks[0] >= 1 and isinstance(meta.get("attributes"), dict)
+              and meta.get("dimension_names") in (None, dimension_names(kind, name)))
     except (KeyError, TypeError, IndexError):
         ok = False
     if not ok:

@@ -34,6 +34,7 @@ from .checksums import chunk_problems, describe, stored_crc
 from .layout import (
     FORMAT,
     RESERVED_ATTRS,
+    XARRAY_DECODED_ATTRS,
     check_array_meta,
     check_counts_on_disk,
     check_group_meta,
@@ -42,10 +43,12 @@ from .layout import (
     complete_chunks,
     compressors,
     default_chunk_rows,
+    dimension_names,
     ids_sha256,
     is_name,
     read_meta,
     require_safe_numcodecs,
+    xarray_attrs,
 )
 from .locks import WriteLocks, busy_message
 
@@ -406,8 +409,10 @@ class FeatureStore:
             raise ShapeError(f"chunk_rows must be >= 1, got {chunk_rows}")
         if ids is not None and len(ids) != rows:
             raise ShapeError(f"{len(ids)} sample ids given for {rows} rows of {name!r}")
+        if name in ("ids", "labels"):
+            raise StoreError(f"network name {name!r} is reserved: it names the split's {name} (a coordinate in xarray)")
         extra = json.loads(json.dumps(extra_attrs or {}))
-        clash = RESERVED_ATTRS & set(extra)
+        clash = (RESERVED_ATTRS | XARRAY_DECODED_ATTRS) & set(extra)
         if clash:
             raise StoreError(f"extra_attrs may not set {', '.join(sorted(clash))}")
         if ids is not None:
@@ -498,7 +503,8 @@ class FeatureStore:
         feats = self.group.require_group(split).require_group("features")
         arr = feats.create_array(name, shape=(rows, dim), chunks=(chunk_rows or default_chunk_rows(dim), dim),
                                  dtype="float32", compressors=compressors("features"), attributes=plan.attrs,
-                                 overwrite=True, config={"write_empty_chunks": True})
+                                 dimension_names=dimension_names("features", name), overwrite=True,
+                                 config={"write_empty_chunks": True})
         if ids is not None:
             self.set_ids(split, ids)
         return arr
@@ -536,7 +542,9 @@ class FeatureStore:
         g = self.group.require_group(split)
         arr = g.create_array(key, shape=values.shape, dtype=dtype, chunks=(max(1, min(values.shape[0], chunk)),),
                              compressors=compressors(key), overwrite=True, config={"write_empty_chunks": True},
-                             attributes={"rows": int(values.shape[0]), "rows_written": 0, "chunk_crc32c": [], **attrs})
+                             dimension_names=dimension_names(key),
+                             attributes={"rows": int(values.shape[0]), "rows_written": 0, "chunk_crc32c": [],
+                                         **xarray_attrs(key), **attrs})
         self.write_rows(arr, 0, values)
 
     def set_labels(self, split: str, labels: np.ndarray) -> None:
