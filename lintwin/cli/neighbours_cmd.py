@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.files import atomic_write
+from ..core.files import atomic_write, strict_json
 from ..core.outputs import check_output_dir
 from ..errors import LintwinError
 from ..experiments.neighbours_report import (
@@ -18,7 +18,6 @@ from ..experiments.neighbours_report import (
     matrix_text,
     plot_curve,
     plot_matrix,
-    strict_json,
 )
 from ..experiments.neighbours_study import neighbour_matrix, neighbours
 from ..storage.store import FeatureStore

@@ -9,20 +9,7 @@ import numpy as np
 
 from .report import format_table, new_figure, save_figure
 
-__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve", "plot_matrix", "strict_json"]
-
-
-def strict_json(x: Any) -> Any:
-    """``x`` with NumPy scalars as Python numbers and NaN/Inf as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict_json(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+__all__ = ["alignment_text", "curve_text", "matrix_text", "plot_curve", "plot_matrix"]
 
 
 def _num(v: float | None, fmt: str = "{:.4f}") -> str:

@@ -29,20 +29,10 @@ from ..core.outputs import check_output_file
 from ..core.xp import to_numpy
 from ..errors import LintwinError, MapFileError, ModelError, ShapeError, UnsafePathError
 from .images import ImageSet
+from .layers import load_onnx
 from .onnx_models import Backbone, Head, NetworkSpec
 
 __all__ = ["StitchCheck", "Stitched", "check_stitched", "merge", "opset_of", "same_opset", "stitch", "stitch_outputs"]
-
-
-def _load(path: Path) -> Any:
-    import onnx
-
-    if not path.is_file():
-        raise ModelError(f"no ONNX model at {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001  onnx raises DecodeError and friends for files that are not ONNX
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
 
 
 def _io(model: Any, path: Path) -> tuple[str, str]:
@@ -169,7 +159,7 @@ def stitch(backbone: str | Path, amap: AffineMap, head: str | Path, out: str | P
         if spec is not None and spec.name != name:
             raise MapFileError(f"map {amap.name} has {role} {name!r}, but {spec.root / spec.raw.get('name', '')} "
                                f"describes {spec.name!r}")
-    bb, hd = _load(backbone), _load(head)
+    bb, hd = load_onnx(backbone), load_onnx(head)
     bb_in, bb_out = _io(bb, backbone)
     hd_in, _ = _io(hd, head)
     if spec_a.feature_dim != amap.src_dim:
