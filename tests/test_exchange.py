@@ -61,7 +61,8 @@ def test_every_format_round_trips_features_ids_and_labels(tmp_path, fmt):
     import_features(tmp_path / "s.zarr", out, name="A2", ids=paths.get("ids"), labels=paths.get("labels"))
     s = FeatureStore.open(tmp_path / "s.zarr")
     s.check_paired("train", ["A", "A2"])
-    assert np.array_equal(next(s.iter_blocks("train", ["A", "A2"]))[1][1][:5], a[:5])
+    _, blocks = next(iter(s.iter_blocks("train", ["A", "A2"])))
+    assert np.array_equal(blocks[1][:5], a[:5])
 
 
 def test_what_each_format_holds_for_other_tools(tmp_path):

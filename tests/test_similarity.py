@@ -305,7 +305,7 @@ def test_cli_similarity(tmp_path):
     (["--a", "A", "--b", "B", "--null", "1"], "at least 2 repetitions"),
     (["--a", "A", "--b", "B", "--alpha", "1.5"], "--alpha must be in [0, 1]"),
     (["--a", "A", "--b", "B", "--split", "val"], "val"),
-    (["--a", "A", "--b", "B", "--out", "FILE"], "is a file"),
+    (["--a", "A", "--b", "B", "--out", "FILE"], "exists and is not a directory"),
 ])
 def test_cli_refusals(tmp_path, args, message):
     path = tmp_path / "f.zarr"

@@ -411,3 +411,19 @@ def test_imports_killed_at_random_moments_end_identical_to_an_uninterrupted_one(
         np.testing.assert_array_equal(got.labels("train"), ref.labels("train"))
         assert check_store(s).ok
     assert sum(0 <= w < rows for w in at_kill) >= 5, at_kill  # most were killed part-way
+
+
+def test_a_creation_killed_before_its_zarr_json_is_created_again(tmp_path):
+    """zarr writes zarr.json through zarr.<uuid>.partial: a kill in between leaves only that file, and no store."""
+    path = tmp_path / "s.zarr"
+    path.mkdir()
+    (path / "zarr.3838f33adcfe49778a03a511c7405e77.partial").write_bytes(b"")
+    FeatureStore.create(path).close()
+    assert sorted(p.name for p in path.iterdir()) == ["zarr.json"]
+    FeatureStore.open(path)
+    other = tmp_path / "o.zarr"  # a folder holding anything else is not taken over
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="no zarr.json"):
+        FeatureStore.create(other)
+    assert (other / "notes.txt").read_text() == "mine" and len(list(other.iterdir())) == 1

@@ -95,11 +95,16 @@ class FeatureStore:
     def create(cls, path: str | Path, *, exist_ok: bool = True) -> FeatureStore:
         """Create a store (or open an existing lintwin store when ``exist_ok``)."""
         path = Path(path)
-        if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # an empty folder holds nothing
+        # an empty folder holds nothing, nor one holding only what a creation killed before its zarr.json left
+        if path.exists() and (path.is_symlink() or not path.is_dir() or _holds_something(str(path))):
             if not exist_ok:
                 raise StoreError(f"{path} already exists")
             return cls.open(path, mode="r+")
         require_safe_numcodecs()
+        if path.is_dir():  # zarr's own temporary files from a killed creation would make zarr refuse
+            for leftover in path.glob("*.partial"):
+                if leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink(missing_ok=True)
         try:
             group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={"lintwin": {"format": FORMAT}})
         except FileExistsError:  # another process created it just now
@@ -576,3 +581,4 @@ class FeatureStore:
         if arr is not None and self.rows_written(arr) == int(arr.shape[0]):
             return  # the same ids (checked above)
         self._write_aux(split, "ids", ids, str, 1 << 16, {"ids_sha256": stamp})
+
