@@ -38,6 +38,17 @@ def test_the_guide_has_pages_with_code():
     assert all(blocks(p, "python") or blocks(p, "bash") for p in PAGES)
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_local_links_resolve(page):
+    """Links to other pages, results and figures (relative, outside code blocks) name files that exist."""
+    prose = FENCE.sub("", page.read_text())
+    targets = [t.split("#")[0] for t in LINK.findall(prose) if not re.match(r"[a-z]+:|#", t)]
+    assert [t for t in targets if not (page.parent / t).exists()] == []
+
+
 @needs_fashion
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_python_blocks_run(page):
