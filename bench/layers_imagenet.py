@@ -5,6 +5,7 @@ Fitting pool: half of the 1,000 ImageNet sample photos (the even rows of labels.
 photos. Steps (each resumable; run them in order):
 
     python bench/layers_imagenet.py extract    # layers of both whole models into OUT/layers.zarr
+    python bench/layers_imagenet.py extract-sweep  # or only what sweep and similarity read (about 5 GB)
     python bench/layers_imagenet.py sweep      # stitch-sweep at six matched depths, ridge by CV
     python bench/layers_imagenet.py similarity # layer x layer CKA of all block outputs (avg-pooled)
 
@@ -71,7 +72,8 @@ def halves(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def extract(out: Path) -> None:
+def extract(out: Path, *, every_14: bool = True) -> None:
+    """Every block output averaged over positions; per position the sweep's (and, with ``every_14``, every 14 x 14 one)."""
     fit, _ = halves(out)
     store = out / "layers.zarr"
     for net in (A, B):
@@ -79,7 +81,7 @@ def extract(out: Path) -> None:
         blocks = block_outputs(net)
         by_grid: dict[tuple[int, ...], list[str]] = {}
         for name, shape in blocks:
-            if name in SWEEP[net] or shape[1] == 14:  # every 14 x 14 block output (benchmark), the sweep's others
+            if name in SWEEP[net] or (every_14 and shape[1] == 14):  # every 14 x 14 one is for bench_layers.py
                 by_grid.setdefault(shape[1:], []).append(name)
         common = ["--store", store, "--labels-csv", fit, "--workers", 1, "--batch", 32, "-q"]
         run("extract", model, SHARED, *common, "--split", "avg", "--pool", "avg",
@@ -104,4 +106,5 @@ def similarity(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(__doc__, {"extract": extract, "sweep": sweep, "similarity": similarity}, ROOT / "runs" / "layers-imagenet")
+    main(__doc__, {"extract": extract, "extract-sweep": lambda out: extract(out, every_14=False), "sweep": sweep,
+                   "similarity": similarity}, ROOT / "runs" / "layers-imagenet")
