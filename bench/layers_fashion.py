@@ -4,9 +4,10 @@
     python bench/layers_fashion.py similarity  # layer x layer CKA: resnet vs inception, vs resnet-s1, vs vit
     python bench/layers_fashion.py sweep       # resnet → inception at matched depths, and the two controls
 
-The heatmaps use the 10,000 test images (CNN pairs per position, compared on the coarser grid, and
-averaged over positions with a 19-repetition permutation null; the vision transformer's tokens
-against the residual network's maps after averaging over positions).
+The heatmaps use the 10,000 test images (the residual network against the Inception-style one and
+against its seed-1 twin, per position, compared on the coarser grid, and averaged over positions
+with a 19-repetition permutation null; the vision transformer's tokens against the residual
+network's maps after averaging over positions).
 The sweep fits every map on the first 10,000 training images (per position; ridge λ by 5-fold CV
 over images) and scores on the 10,000 test images. Controls: the residual network's block
 outputs stitched into its own next block (within-network), and the same architecture with random
@@ -90,6 +91,8 @@ def similarity(out: Path) -> None:
         "--null", 19, "--out", out / "similarity-resnet-inception-pooled", "-q")
     run("layer-similarity", store, "--a", "fmnist-resnet", "--b", "fmnist-resnet-s1", *per_position,
         "--out", out / "similarity-resnet-seeds", "-q")
+    run("layer-similarity", store, "--a", "fmnist-resnet", "--b", "fmnist-resnet-s1", "--split", "test-avg",
+        "--null", 19, "--out", out / "similarity-resnet-seeds-pooled", "-q")
     run("layer-similarity", store, "--a", "fmnist-resnet", "--b", "fmnist-vit", "--split", "test-avg",
         "--out", out / "similarity-resnet-vit", "-q")
 

@@ -5,7 +5,9 @@ Fitting pool: half of the 1,000 ImageNet sample photos (the even rows of labels.
 photos. Steps (each resumable; run them in order):
 
     python bench/layers_imagenet.py extract    # layers of both whole models into OUT/layers.zarr
+    python bench/layers_imagenet.py extract-sweep  # or only what sweep and similarity read (about 5 GB)
     python bench/layers_imagenet.py sweep      # stitch-sweep at six matched depths, ridge by CV
+    python bench/layers_imagenet.py control    # the same with MobileNetV2's architecture, random weights (seed 0)
     python bench/layers_imagenet.py similarity # layer x layer CKA of all block outputs (avg-pooled)
 
 Models come from ``python models/imagenet_nets.py`` (``models/imagenet``); OUT defaults to
@@ -71,7 +73,8 @@ def halves(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def extract(out: Path) -> None:
+def extract(out: Path, *, every_14: bool = True) -> None:
+    """Every block output averaged over positions; per position the sweep's (and, with ``every_14``, every 14 x 14 one)."""
     fit, _ = halves(out)
     store = out / "layers.zarr"
     for net in (A, B):
@@ -79,7 +82,7 @@ def extract(out: Path) -> None:
         blocks = block_outputs(net)
         by_grid: dict[tuple[int, ...], list[str]] = {}
         for name, shape in blocks:
-            if name in SWEEP[net] or shape[1] == 14:  # every 14 x 14 block output (benchmark), the sweep's others
+            if name in SWEEP[net] or (every_14 and shape[1] == 14):  # every 14 x 14 one is for bench_layers.py
                 by_grid.setdefault(shape[1:], []).append(name)
         common = ["--store", store, "--labels-csv", fit, "--workers", 1, "--batch", 32, "-q"]
         run("extract", model, SHARED, *common, "--split", "avg", "--pool", "avg",
@@ -89,12 +92,29 @@ def extract(out: Path) -> None:
                 "--layers", ",".join(names))
 
 
-def sweep(out: Path) -> None:
+def sweep(out: Path, model_a: Path = MODELS / f"{A}.onnx", folder: str = "sweep") -> None:
     _, held = halves(out)
-    run("stitch-sweep", "--a", MODELS / f"{A}.onnx", "--b", MODELS / f"{B}.onnx", "--layers-a", ",".join(SWEEP[A]),
+    run("stitch-sweep", "--a", model_a, "--b", MODELS / f"{B}.onnx", "--layers-a", ",".join(SWEEP[A]),
         "--layers-b", ",".join(SWEEP[B]), "--store", out / "layers.zarr", "--split", "p56", "--split", "p28",
         "--split", "p14", "--split", "p7", "--split", "avg", "--pairing", "zip", "--ridge", "auto",
-        "--images", SHARED, "--labels-csv", held, "--out", out / "sweep", "-q")
+        "--images", SHARED, "--labels-csv", held, "--out", out / folder, "-q")
+
+
+def control(out: Path) -> None:
+    """The random-feature control: A's architecture with random weights, its sweep layers stored, stitched into B."""
+    fit, _ = halves(out)
+    random = out / f"{A}-random.onnx"
+    if not random.is_file():
+        run("randomize", MODELS / f"{A}.onnx", "-o", random, "--seed", 0)
+    shapes = dict(block_outputs(A))
+    by_grid: dict[int, list[str]] = {}
+    for name in SWEEP[A][:-1]:  # the last is the classifier input, a vector
+        by_grid.setdefault(shapes[name][1], []).append(name)
+    common = ["--store", out / "layers.zarr", "--labels-csv", fit, "--workers", 1, "--batch", 32, "-q"]
+    run("extract", random, SHARED, *common, "--split", "avg", "--pool", "avg", "--layers", SWEEP[A][-1])
+    for grid, names in sorted(by_grid.items(), reverse=True):
+        run("extract", random, SHARED, *common, "--split", f"p{grid}", "--pool", "positions", "--layers", ",".join(names))
+    sweep(out, random, "control-random")
 
 
 def similarity(out: Path) -> None:
@@ -104,4 +124,5 @@ def similarity(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(__doc__, {"extract": extract, "sweep": sweep, "similarity": similarity}, ROOT / "runs" / "layers-imagenet")
+    main(__doc__, {"extract": extract, "extract-sweep": lambda out: extract(out, every_14=False), "sweep": sweep,
+                   "control": control, "similarity": similarity}, ROOT / "runs" / "layers-imagenet")

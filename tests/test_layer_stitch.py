@@ -11,6 +11,7 @@ in float64 NumPy, and B's back cut out with ``onnx.utils.Extractor``.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from lintwin.experiments.stitch_sweep import stitch_sweep
 from lintwin.experiments.stitch_sweep_report import stitch_sweep_figure
 from lintwin.networks.extract import extract_features, extract_layers
 from lintwin.networks.images import DEFAULT_FASHION_MNIST, open_images, read_idx
-from lintwin.networks.onnx_models import Head, NetworkSpec, open_session
+from lintwin.networks.onnx_models import Head, ModelSpec, NetworkSpec, open_session
 from lintwin.networks.random_weights import randomize_model
 from lintwin.networks.stitch import stitch
 from lintwin.networks.stitched_layers import layer_side
@@ -285,6 +286,16 @@ def test_randomize_redraws_the_weights_and_keeps_the_architecture(tmp_path):
     assert s.run(None, {s.get_inputs()[0].name: x})[0].shape == (8, 10)
     rr = runner.invoke(app, ["randomize", str(_model(A)), "-o", str(_model(A))])
     assert rr.exit_code == 1 and "would replace" in rr.stderr
+
+
+def test_randomize_keeps_a_preset_preprocessing_readable(tmp_path):
+    """A sidecar naming a preset (as the ImageNet models' do) gives the copy the same preprocessing."""
+    src = tmp_path / "m.onnx"
+    shutil.copyfile(_model(A), src)
+    (tmp_path / "m.json").write_text(json.dumps({"preprocess": {
+        "preset": "torchvision", "size": [28, 28], "resize": 32, "channels": 1, "mean": [0.5], "std": [0.5]}}))
+    r = randomize_model(src, tmp_path / "m-random.onnx")
+    assert ModelSpec.for_model(r.model).preprocess == ModelSpec.for_model(src).preprocess
 
 
 @pytest.mark.skipif(not gpu_status()[0], reason=f"no GPU for CuPy: {gpu_status()[1]}")

@@ -82,7 +82,8 @@ def randomize_model(path: str | Path, out: str | Path, *, seed: int = 0) -> Rand
             biases += 1
     if not weights:
         raise ModelError(f"{path.name} has no Conv, Gemm or MatMul weights among its initializers to redraw")
-    sidecar = {"name": out.stem, "preprocess": spec.preprocess.as_dict(),
+    # the sidecar's own entry: as_dict() records every setting, which a preset's entry may not spell out
+    sidecar = {"name": out.stem, "preprocess": spec.raw["preprocess"],
                **({"class_names": spec.raw["class_names"]} if "class_names" in spec.raw else {}),
                "notes": (f"{path.name} (sha256 {file_sha256(path)[:16]}…) with random weights (seed {seed}): {weights} "
                          f"Conv/Gemm/MatMul weights redrawn He-normal, {biases} biases zeroed; a random-feature "
