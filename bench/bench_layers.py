@@ -1,8 +1,8 @@
 """Layers of the ImageNet pair: per-position accumulation against the SYRK ceiling, and layer-similarity against
 computing each pair's CKA separately in memory. Both measured in the same run as what they are compared with.
 
-Needs the store of ``python bench/layers_imagenet.py extract`` (4,281 fitting images: 500 ImageNet sample
-photos and 3,781 clothing photos).
+Needs the store of ``python bench/layers_imagenet.py extract`` or, smaller, ``extract-bench`` (4,281
+fitting images: 500 ImageNet sample photos and 3,781 clothing photos).
 
     python bench/bench_layers.py accumulate [--store runs/layers-imagenet/layers.zarr]
     python bench/bench_layers.py similarity [--store ...] [--config positions|pooled] [--images N]
