@@ -1,8 +1,8 @@
 """Layers of the ImageNet pair: per-position accumulation against the SYRK ceiling, and layer-similarity against
 computing each pair's CKA separately in memory. Both measured in the same run as what they are compared with.
 
-Needs the store of ``python bench/layers_imagenet.py extract`` (4,281 fitting images: 500 ImageNet sample
-photos and 3,781 clothing photos).
+Needs the store of ``python bench/layers_imagenet.py extract`` or, smaller, ``extract-bench`` (4,281
+fitting images: 500 ImageNet sample photos and 3,781 clothing photos).
 
     python bench/bench_layers.py accumulate [--store runs/layers-imagenet/layers.zarr]
     python bench/bench_layers.py similarity [--store ...] [--config positions|pooled] [--images N]
@@ -16,9 +16,9 @@ symmetric product of n rows of d values), in float32 (lintwin's default) and flo
 
 ``similarity``: ``layer_similarity`` over all block outputs (one streaming pass of joint moments,
 float64) against the in-memory approach of CKA libraries: every layer's rows loaded as float64,
-then each pair's linear CKA computed separately (centred XᵀY, XᵀX, YᵀY per pair). Each runs in its
-own process; time is measured inside it (after imports), peak memory is its maximum resident set
-size. ``positions``: the 13 block outputs at 14 x 14 (839,076 rows, 1,120 values); ``pooled``:
+then each distinct pair's linear CKA computed separately (centred XᵀY, XᵀX, YᵀY per pair; the
+diagonals of A x A and B x B are 1 by definition). Each runs in its own process; time is measured
+inside it (after imports), peak memory is its maximum resident set size. ``positions``: the 13 block outputs at 14 x 14 (839,076 rows, 1,120 values); ``pooled``:
 all 35 block outputs and classifier inputs averaged over positions (4,281 rows, 5,872 values).
 """
 
@@ -107,10 +107,16 @@ def _child(args: argparse.Namespace) -> None:
         def cka(x: np.ndarray, y: np.ndarray) -> float:
             return float(np.sum((x.T @ y) ** 2) / np.sqrt(np.sum((x.T @ x) ** 2) * np.sum((y.T @ y) ** 2)))
 
+        def square(first: int, count: int) -> list[list[float]]:  # each distinct pair once, mirrored
+            m = np.ones((count, count))
+            for i in range(count):
+                for j in range(i + 1, count):
+                    m[i, j] = m[j, i] = cka(data[first + i], data[first + j])
+            return m.tolist()
+
         k = len(la)
         values = {"ab": [[cka(data[i], data[k + j]) for j in range(len(lb))] for i in range(k)],
-                  "aa": [[cka(data[i], data[j]) for j in range(k)] for i in range(k)],
-                  "bb": [[cka(data[k + i], data[k + j]) for j in range(len(lb))] for i in range(len(lb))]}
+                  "aa": square(0, k), "bb": square(k, len(lb))}
     seconds = time.perf_counter() - t0
     rows = n * la[0].rows_per_sample
     print(json.dumps({"seconds": seconds, "peak_mib": _peak_mib(), "values": values, "rows": rows,

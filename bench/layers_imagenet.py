@@ -6,6 +6,7 @@ photos. Steps (each resumable; run them in order):
 
     python bench/layers_imagenet.py extract    # layers of both whole models into OUT/layers.zarr
     python bench/layers_imagenet.py extract-sweep  # or only what sweep and similarity read (about 5 GB)
+    python bench/layers_imagenet.py extract-bench  # or only what bench/bench_layers.py reads (avg + every 14 x 14)
     python bench/layers_imagenet.py sweep      # stitch-sweep at six matched depths, ridge by CV
     python bench/layers_imagenet.py control    # the same with MobileNetV2's architecture, random weights (seed 0)
     python bench/layers_imagenet.py similarity # layer x layer CKA of all block outputs (avg-pooled)
@@ -73,8 +74,8 @@ def halves(out: Path) -> tuple[Path, Path]:
     return paths
 
 
-def extract(out: Path, *, every_14: bool = True) -> None:
-    """Every block output averaged over positions; per position the sweep's (and, with ``every_14``, every 14 x 14 one)."""
+def extract(out: Path, *, every_14: bool = True, sweep_grids: bool = True) -> None:
+    """Every block output averaged over positions; per position the sweep's (``sweep_grids``) and every 14 x 14 one (``every_14``)."""
     fit, _ = halves(out)
     store = out / "layers.zarr"
     for net in (A, B):
@@ -82,7 +83,7 @@ def extract(out: Path, *, every_14: bool = True) -> None:
         blocks = block_outputs(net)
         by_grid: dict[tuple[int, ...], list[str]] = {}
         for name, shape in blocks:
-            if name in SWEEP[net] or (every_14 and shape[1] == 14):  # every 14 x 14 one is for bench_layers.py
+            if (sweep_grids and name in SWEEP[net]) or (every_14 and shape[1] == 14):  # every 14 x 14 one is for bench_layers.py
                 by_grid.setdefault(shape[1:], []).append(name)
         common = ["--store", store, "--labels-csv", fit, "--workers", 1, "--batch", 32, "-q"]
         run("extract", model, SHARED, *common, "--split", "avg", "--pool", "avg",
@@ -124,5 +125,6 @@ def similarity(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(__doc__, {"extract": extract, "extract-sweep": lambda out: extract(out, every_14=False), "sweep": sweep,
+    main(__doc__, {"extract": extract, "extract-sweep": lambda out: extract(out, every_14=False),
+                   "extract-bench": lambda out: extract(out, sweep_grids=False), "sweep": sweep,
                    "control": control, "similarity": similarity}, ROOT / "runs" / "layers-imagenet")
