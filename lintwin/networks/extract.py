@@ -205,10 +205,7 @@ def extract_features(backbone_path: str | Path, images: ImageSet, store_path: st
     do not depend on it. ``overwrite`` replaces this network's array in the split.
     """
     store_path = Path(store_path)
-    check_name(split, "split")
-    if name is not None:
-        check_name(name)
-    aug = _check_run(images, views, augment, batch)
+    aug = _check_run(split, name, images, views, augment, batch)
     spec = NetworkSpec.for_model(backbone_path, sidecar)
     name = check_name(name or spec.name)
     net = Backbone(backbone_path)
@@ -329,10 +326,7 @@ def extract_layers(model_path: str | Path, images: ImageSet, store_path: str | P
     """
     store_path = Path(store_path)
     model_path = Path(model_path)
-    check_name(split, "split")
-    if name is not None:
-        check_name(name)
-    aug = _check_run(images, views, augment, batch)
+    aug = _check_run(split, name, images, views, augment, batch)
     spec = ModelSpec.for_model(model_path, sidecar)
     name = check_name(name or spec.name)
     if not layers:
@@ -411,8 +405,13 @@ def extract_layers(model_path: str | Path, images: ImageSet, store_path: str | P
                          start, list(images.skipped))
 
 
-def _check_run(images: ImageSet, views: int, augment: bool | Augment, batch: int) -> Augment | None:
-    """The settings every extraction shares, checked; returns the augmentation (None: plain views)."""
+def _check_run(split: str, name: str | None, images: ImageSet, views: int, augment: bool | Augment,
+               batch: int) -> Augment | None:
+    """The settings every extraction shares, checked before the store is touched; returns the augmentation
+    (None: plain views)."""
+    check_name(split, "split")
+    if name is not None:
+        check_name(name)
     if len(images) == 0:
         raise ShapeError(f"no usable images in {images.description}")
     aug = Augment() if augment is True else (augment or None)
